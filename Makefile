@@ -1,0 +1,45 @@
+# Every target that runs code depends on `install`, so each works as the first command on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTOS := $(shell find protos -name '*.proto')
+
+.PHONY: install proto proto-check run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+proto: install
+	rm -rf generated/shop
+	$(BIN)/python -m grpc_tools.protoc -Iprotos \
+		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+		--python_out=generated --mypy_out=generated \
+		--grpc_python_out=generated --mypy_grpc_out=generated \
+		--include_imports --include_source_info --descriptor_set_out=generated/shop/descriptor_set.binpb $(PROTOS)
+	find generated/shop -type d -exec touch {}/__init__.py \;
+	touch generated/shop/py.typed
+
+# Fails when the committed generated code is not what `make proto` makes from protos/.
+proto-check: proto
+	git diff --exit-code --stat -- generated
+	test -z "$$(git status --porcelain -- generated)"
+
+run: install
+	$(BIN)/python -m runtime.devstack
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

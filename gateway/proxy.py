@@ -1,0 +1,161 @@
+"""Transparent forwarding: raw bytes in and out, one handler of the right kind per routed method.
+
+The proxy never decodes a message. It carries the caller's deadline, cancellation and metadata
+(minus credentials and hop-by-hop headers, plus the verified client name) to the upstream, and
+the upstream's initial metadata, messages, trailing metadata and status back, untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from gateway import callstate
+from gateway.callstate import Metadata
+from gateway.rejections import rejection
+from gateway.routes import MethodRoute, RouteTable
+from gateway.upstreams import Upstreams
+
+CLIENT_ID_HEADER = "x-client-id"
+API_KEY_HEADER = "x-api-key"
+
+# Never forwarded: the caller's credentials, a client id the caller may have forged, and
+# headers that describe this hop's connection rather than the call.
+_NOT_FORWARDED = frozenset(
+    {
+        API_KEY_HEADER,
+        CLIENT_ID_HEADER,
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "host",
+        "user-agent",
+        "content-type",
+        "grpc-timeout",
+        "grpc-encoding",
+        "grpc-accept-encoding",
+    }
+)
+
+# grpc core's own words when no connection to an upstream could be made.
+_CONNECTION_FAILURES = ("failed to connect", "connection refused", "socket closed", "connection reset")
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def forwarded_metadata(context: grpc.aio.ServicerContext) -> Metadata:
+    """The caller's metadata as the upstream should see it."""
+    kept = tuple(
+        (key, value)
+        for key, value in context.invocation_metadata() or ()
+        if key not in _NOT_FORWARDED and not key.startswith(":")
+    )
+    return (*kept, (CLIENT_ID_HEADER, callstate.client_name.get()))
+
+
+class _Forwarder:
+    """Forwards the calls of one method; built once at start-up."""
+
+    def __init__(self, route: MethodRoute, channel: grpc.aio.Channel) -> None:
+        self.route = route
+        kind = (
+            ("stream" if route.client_streaming else "unary")
+            + "_"
+            + ("stream" if route.server_streaming else "unary")
+        )
+        # No serializers: requests and replies stay raw bytes.
+        self._call = getattr(channel, kind)(route.path, request_serializer=None, response_deserializer=None)
+
+    async def unary_reply(self, request: Any, context: grpc.aio.ServicerContext) -> bytes:
+        call = self._call(request, timeout=context.time_remaining(), metadata=forwarded_metadata(context))
+        try:
+            reply: bytes = await call
+        except grpc.aio.AioRpcError as error:
+            await self._fail(context, error, headers_sent=False)
+            raise
+        finally:
+            if not call.done():
+                call.cancel()
+        await self._send_headers(context, await call.initial_metadata())
+        context.set_trailing_metadata(tuple(await call.trailing_metadata()))
+        return reply
+
+    async def streamed_reply(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        call = self._call(request, timeout=context.time_remaining(), metadata=forwarded_metadata(context))
+        headers_sent = False
+        try:
+            # Awaiting initial metadata alone does not carry a cancel upstream: the finally does.
+            await self._send_headers(context, await call.initial_metadata())
+            headers_sent = True
+            async for reply in call:
+                await context.write(reply)
+            context.set_trailing_metadata(tuple(await call.trailing_metadata()))
+        except grpc.aio.AioRpcError as error:
+            await self._fail(context, error, headers_sent=headers_sent)
+        finally:
+            if not call.done():
+                call.cancel()
+
+    @staticmethod
+    async def _send_headers(context: grpc.aio.ServicerContext, upstream: Metadata | None) -> None:
+        headers = (*(upstream or ()), *callstate.reply_headers.get())
+        if headers:
+            await context.send_initial_metadata(headers)
+
+    async def _fail(
+        self, context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, headers_sent: bool
+    ) -> None:
+        details = error.details() or ""
+        if error.code() == grpc.StatusCode.UNAVAILABLE and not error.trailing_metadata():
+            lowered = details.lower()
+            if any(words in lowered for words in _CONNECTION_FAILURES):
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"upstream {self.route.upstream} for {self.route.service} is unavailable: {details}",
+                )
+        if not headers_sent:
+            await self._send_headers(context, error.initial_metadata())
+        # Code and details unchanged, trailers (and grpc-status-details-bin in them) as they came.
+        await context.abort(error.code(), details, tuple(error.trailing_metadata() or ()))
+
+
+class _Unrouted(grpc.GenericRpcHandler):
+    """Answers every call that no route or local service took, saying why."""
+
+    def __init__(self, routes: RouteTable) -> None:
+        self._routes = routes
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        service, _, method = handler_call_details.method.lstrip("/").partition("/")
+        if service in self._routes.upstream_of:
+            known = ", ".join(sorted(self._routes.method_names(service)))
+            return rejection(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"method {method} is not a method of {service} (it has: {known})",
+            )
+        return rejection(grpc.StatusCode.UNIMPLEMENTED, f"service {service} is not routed by this gateway")
+
+
+def add_proxy(server: grpc.aio.Server, routes: RouteTable, upstreams: Upstreams) -> None:
+    """Register a forwarding handler for every routed method, and the answer for all else."""
+    handlers: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+    for route in routes.methods.values():
+        forwarder = _Forwarder(route, upstreams.channel(route.upstream))
+        method = route.path.rsplit("/", 1)[1]
+        if route.client_streaming and route.server_streaming:
+            handler = grpc.stream_stream_rpc_method_handler(forwarder.streamed_reply)
+        elif route.client_streaming:
+            handler = grpc.stream_unary_rpc_method_handler(forwarder.unary_reply)
+        elif route.server_streaming:
+            handler = grpc.unary_stream_rpc_method_handler(forwarder.streamed_reply)
+        else:
+            handler = grpc.unary_unary_rpc_method_handler(forwarder.unary_reply)
+        handlers.setdefault(route.service, {})[method] = handler
+    for service, methods in handlers.items():
+        server.add_registered_method_handlers(service, methods)
+    server.add_generic_rpc_handlers((_Unrouted(routes),))

@@ -1,0 +1,177 @@
+"""The rate-limit interceptor: runs after auth, spends budget, refuses with RESOURCE_EXHAUSTED.
+
+An interceptor sees no request message, so for methods with rules it wraps the handler: the
+wrapper reads the first request (decoding it only when a rule is keyed by one of its fields),
+spends one unit of each covering rule's budget, and either refuses or calls on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.message import DecodeError, Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from gateway import callstate
+from gateway.limiter import MethodRule, RateLimitPolicy, Subject, Verdict, spend
+from gateway.proxy import API_KEY_HEADER
+from gateway.routes import MethodRoute, RouteTable
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _peer_host(peer: str) -> str:
+    """``ipv4:127.0.0.1:5555`` -> ``127.0.0.1``; ``ipv6:[::1]:5555`` -> ``::1``."""
+    address = peer.partition(":")[2]
+    host = address.rpartition(":")[0] or address
+    return host.strip("[]")
+
+
+def _subject(method_rule: MethodRule, context: grpc.aio.ServicerContext, message: Message | None) -> Subject:
+    key = method_rule.rule.key
+    if key.kind == "peer":
+        host = _peer_host(context.peer())
+        return Subject(f"peer={host}", f"peer {host}")
+    if key.kind == "metadata":
+        for name, value in context.invocation_metadata() or ():
+            if name == key.name and name != API_KEY_HEADER:
+                return Subject(f"{name}={value!s}", f"{name} {value!s}")
+    field = method_rule.field
+    if field is not None and message is not None:
+        value = getattr(message, field.name)
+        is_set = message.HasField(field.name) if field.has_presence else value != field.default_value
+        if is_set:
+            return Subject(f"{field.name}={value}", f"{field.name} {value}")
+    client = callstate.client_name.get()
+    return Subject(f"client={client}", f"client {client}")
+
+
+def _headers(verdict: Verdict) -> callstate.Metadata:
+    return (
+        ("x-ratelimit-limit", str(verdict.rule.item.amount)),
+        ("x-ratelimit-remaining", str(verdict.remaining)),
+        ("x-ratelimit-reset", str(math.ceil(verdict.reset_after))),
+    )
+
+
+def _refusal_trailers(verdict: Verdict, message: str, retry_after: int) -> callstate.Metadata:
+    retry_info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after))
+    quota_failure = error_details_pb2.QuotaFailure(
+        violations=[
+            error_details_pb2.QuotaFailure.Violation(
+                subject=verdict.subject, description=f"rule {verdict.rule.name}: {verdict.rule.rate_text}"
+            )
+        ]
+    )
+    details = []
+    for detail in (retry_info, quota_failure):
+        packed = AnyMessage()
+        packed.Pack(detail)
+        details.append(packed)
+    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=details)
+    return (
+        ("grpc-status-details-bin", status.SerializeToString()),
+        ("retry-after", str(retry_after)),
+        *_headers(verdict),
+    )
+
+
+class _MethodGuard:
+    """Admits or refuses the calls of one method; built once per method."""
+
+    def __init__(self, route: MethodRoute, rules: tuple[MethodRule, ...]) -> None:
+        self._route = route
+        self._rules = rules
+        self._decode = any(rule.field is not None for rule in rules)
+        self._cache: tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler] | None = None
+
+    def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if self._cache is not None and self._cache[0] is handler:
+            return self._cache[1]
+        if self._route.client_streaming:
+            attribute = "stream_stream" if self._route.server_streaming else "stream_unary"
+            wrapped = handler._replace(**{attribute: self._streamed_request(getattr(handler, attribute))})
+        else:
+            attribute = "unary_stream" if self._route.server_streaming else "unary_unary"
+            wrapped = handler._replace(**{attribute: self._unary_request(getattr(handler, attribute))})
+        self._cache = (handler, wrapped)
+        return wrapped
+
+    def _unary_request(self, behavior: Behavior) -> Behavior:
+        async def guarded(request: bytes, context: grpc.aio.ServicerContext) -> Any:
+            await self._admit(context, request)
+            return await behavior(request, context)
+
+        return guarded
+
+    def _streamed_request(self, behavior: Behavior) -> Behavior:
+        if not self._decode:
+
+            async def guarded(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+                await self._admit(context, None)
+                return await behavior(requests, context)
+
+            return guarded
+
+        async def guarded_by_first(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+            iterator = aiter(requests)
+            first = await anext(iterator, None)
+            await self._admit(context, first)
+            return await behavior(_prepend(first, iterator), context)
+
+        return guarded_by_first
+
+    async def _admit(self, context: grpc.aio.ServicerContext, raw: bytes | None) -> None:
+        message = None
+        if self._decode and raw is not None:
+            try:
+                message = self._route.request_type.FromString(raw)
+            except DecodeError:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request is not a valid {self._route.request_type.DESCRIPTOR.full_name} message",
+                )
+        subjects = tuple((rule, _subject(rule, context, message)) for rule in self._rules)
+        verdicts = await spend(subjects)
+        last = verdicts[-1]
+        if not last.allowed:
+            retry_after = max(1, math.ceil(last.reset_after))
+            text = f"rate limit exceeded for {last.subject}: {last.rule.rate_text}, retry in {retry_after} s"
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, text, _refusal_trailers(last, text, retry_after)
+            )
+        callstate.reply_headers.set(_headers(min(verdicts, key=lambda v: v.remaining)))
+
+
+async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first is None:
+        return
+    yield first
+    async for item in rest:
+        yield item
+
+
+class RateLimitInterceptor(grpc.aio.ServerInterceptor):
+    """Spends and checks rate-limit budget for every routed call that some rule covers."""
+
+    def __init__(self, policy: RateLimitPolicy, routes: RouteTable) -> None:
+        self._guards = {
+            path: _MethodGuard(route, policy.rules_for(path))
+            for path, route in routes.methods.items()
+            if policy.rules_for(path)
+        }
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        guard = self._guards.get(handler_call_details.method)
+        if guard is None or handler is None:
+            return handler
+        return guard.wrap(handler)

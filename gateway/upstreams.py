@@ -1,0 +1,79 @@
+"""One long-lived channel per upstream, and the background health checks that follow them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_SERVING: int = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Upstreams:
+    """Channels to every upstream address, created inside the running event loop."""
+
+    def __init__(self, addresses: Iterable[str]) -> None:
+        self._channels = {address: grpc.aio.insecure_channel(address) for address in set(addresses)}
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        return self._channels[address]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(channel.close() for channel in self._channels.values()))
+
+
+class HealthMonitor:
+    """Mirrors each routed service's upstream health into the gateway's own health service.
+
+    Checked in the background, so that no call waits on it. A service is SERVING while its
+    upstream says so; an upstream without a health service counts as serving when it answers.
+    """
+
+    def __init__(
+        self,
+        upstream_of: dict[str, str],
+        upstreams: Upstreams,
+        servicer: health.aio.HealthServicer,
+        interval: float,
+    ) -> None:
+        self._upstream_of = upstream_of
+        self._upstreams = upstreams
+        self._servicer = servicer
+        self._interval = interval
+        self._last: dict[str, int] = {}
+
+    async def check_all(self) -> None:
+        await asyncio.gather(*(self._check(service) for service in self._upstream_of))
+
+    async def run(self) -> None:
+        while True:
+            await self.check_all()
+            await asyncio.sleep(self._interval)
+
+    async def _check(self, service: str) -> None:
+        address = self._upstream_of[service]
+        stub = health_pb2_grpc.HealthStub(self._upstreams.channel(address))
+        status = await self._ask(stub, service)
+        if self._last.get(service) != status:
+            self._last[service] = status
+            name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+            log.info("upstream health", extra={"service": service, "upstream": address, "status": name})
+            await self._servicer.set(service, status)
+
+    async def _ask(self, stub: health_pb2_grpc.HealthStub, service: str) -> int:
+        timeout = min(self._interval, 1.0)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND and service:
+                # The upstream reports only its overall health.
+                return await self._ask(stub, "")
+            return _SERVING if error.code() == grpc.StatusCode.UNIMPLEMENTED else _NOT_SERVING
+        status: int = reply.status
+        return status

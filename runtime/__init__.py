@@ -1,0 +1,1 @@
+"""What the services and the gateway share: addresses, JSON logs, reflection and health, serving."""

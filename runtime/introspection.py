@@ -1,0 +1,81 @@
+"""Health checking and server reflection, registered the same way on every server we run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer
+
+from runtime.descriptors import DescriptorCatalog, builtin_catalog
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:
+    """Register grpc.health.v1.Health; the caller sets each service's status."""
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
+
+
+class _CatalogReflectionServicer(ReflectionServicer):
+    """Reflection that answers with the catalogue's original file protos, comments included."""
+
+    def __init__(self, service_names: Iterable[str], catalog: DescriptorCatalog) -> None:
+        super().__init__(service_names, pool=catalog.pool)
+        self._catalog = catalog
+
+    def _file_by_filename(self, request: Any, filename: str) -> Any:
+        try:
+            file = self._catalog.pool.FindFileByName(filename)
+        except KeyError:
+            return super()._file_by_filename(request, filename)
+        return self._reply(request, file)
+
+    def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
+        try:
+            file = self._catalog.pool.FindFileContainingSymbol(fully_qualified_name)
+        except KeyError:
+            return super()._file_containing_symbol(request, fully_qualified_name)
+        return self._reply(request, file)
+
+    def _reply(self, request: Any, file: Any) -> Any:
+        return reflection_pb2.ServerReflectionResponse(
+            file_descriptor_response=reflection_pb2.FileDescriptorResponse(
+                file_descriptor_proto=self._catalog.file_protos(file)
+            ),
+            original_request=request,
+        )
+
+
+def add_reflection(
+    server: grpc.aio.Server,
+    service_names: Iterable[str],
+    catalog: DescriptorCatalog | None = None,
+) -> None:
+    """Serve reflection for ``service_names`` under both ``v1alpha`` and ``v1``.
+
+    grpcio-reflection only registers ``v1alpha``, but grpcurl and newer clients ask for ``v1``
+    first. The two protocols are identical on the wire, so one servicer answers both names.
+    ``catalog`` defaults to this project's own services.
+    """
+    names = (*service_names, reflection.SERVICE_NAME, HEALTH_SERVICE)
+    catalog = catalog or builtin_catalog()
+    catalog.add_compiled(health_pb2.DESCRIPTOR)
+    catalog.add_compiled(reflection_pb2.DESCRIPTOR)
+    servicer = _CatalogReflectionServicer(names, catalog)
+    handlers = {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+        )
+    }
+    for name in (reflection.SERVICE_NAME, REFLECTION_V1):
+        server.add_registered_method_handlers(name, handlers)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))

@@ -1,0 +1,74 @@
+"""Starting a grpc.aio server on an address and stopping it gracefully on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+
+class BindError(Exception):
+    """The server could not listen on the address it was given."""
+
+
+def listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Bind ``server`` to ``address`` and return the bound port (useful with port 0).
+
+    Raises:
+        BindError: the address is taken or is not an address of this machine.
+    """
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as error:
+        raise BindError(
+            f"cannot listen on {address}: the port is already in use or the host is not an address "
+            "of this machine; stop the other process or choose another address"
+        ) from error
+    if port == 0 and not address.endswith(":0"):
+        raise BindError(f"cannot listen on {address}")
+    return int(port)
+
+
+async def wait_for_stop_signal() -> None:
+    """Return when the process gets SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+async def serve_until_signalled(
+    server: grpc.aio.Server,
+    grace_seconds: float,
+    before_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Wait for SIGTERM or SIGINT, then stop accepting calls and let in-flight calls finish.
+
+    Calls still running after ``grace_seconds`` are cancelled. ``before_stop`` runs first,
+    e.g. to turn health checks to NOT_SERVING so that balancers stop sending new calls.
+    """
+    await wait_for_stop_signal()
+    log.info("shutting down", extra={"grace_seconds": grace_seconds})
+    if before_stop is not None:
+        await before_stop()
+    await server.stop(grace_seconds)
+    log.info("stopped")
+
+
+def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run ``main`` on uvloop when it is installed (it makes grpc.aio cheaper), else on asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    return uvloop.run(main())

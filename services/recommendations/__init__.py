@@ -1,0 +1,1 @@
+"""The product recommendation service (shop.recommendations.v1.RecommendationService)."""

@@ -1,0 +1,1 @@
+"""The user directory service (shop.users.v1.UserService)."""

