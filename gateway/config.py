@@ -104,6 +104,8 @@ class Rule(_Strict):
     key: RateKey
     # Full service names, or /package.Service/Method paths; empty means every routed service.
     scope: tuple[str, ...] = ()
+    # Another rate for some clients (client name -> rate), e.g. a premium key with a higher limit.
+    overrides: dict[str, Rate] = Field(default_factory=dict)
 
     @field_validator("key", mode="before")
     @classmethod
@@ -117,16 +119,32 @@ class Rule(_Strict):
         return self
 
 
+STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+cluster", "redis+sentinel")
+
+
 class RateLimit(_Strict):
+    # Where budgets live: memory:// (this process only) or a Redis URI shared by every replica.
     storage: str = "memory://"
+    # What to do with a call when the storage fails or is slower than storage_timeout:
+    # "allow" it (fail open, as Envoy and Kong do by default) or "deny" it with UNAVAILABLE.
+    on_storage_error: Literal["allow", "deny"] = "allow"
+    # Seconds a call may wait on the storage before the failure mode applies.
+    storage_timeout: float = Field(default=0.05, gt=0, le=10)
     rules: tuple[Rule, ...] = ()
 
     @field_validator("storage")
     @classmethod
     def _known_storage(cls, value: str) -> str:
-        if value != "memory://":
-            raise ValueError(f"{value!r}: this version of the gateway supports only 'memory://'")
+        scheme, separator, _ = value.partition("://")
+        if not separator or scheme not in STORAGE_SCHEMES:
+            accepted = ", ".join(f"{s}://" for s in STORAGE_SCHEMES)
+            raise ValueError(f"{value!r} is not a storage URI this gateway knows; use one of {accepted}")
         return value
+
+    @property
+    def shared(self) -> bool:
+        """Whether budgets are shared between processes (anything but memory://)."""
+        return not self.storage.startswith("memory://")
 
 
 class Reflection(_Strict):

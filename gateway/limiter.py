@@ -6,11 +6,14 @@ by name and the storage by URI, so memory or Redis, moving or fixed window, is c
 
 from __future__ import annotations
 
+import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import limits
+import redis.asyncio
 from google.protobuf.descriptor import FieldDescriptor
 from limits.aio.strategies import (
     FixedWindowRateLimiter,
@@ -18,9 +21,13 @@ from limits.aio.strategies import (
     RateLimiter,
     SlidingWindowCounterRateLimiter,
 )
+from limits.errors import StorageError
 from limits.storage import storage_from_string
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from gateway.config import ConfigError, RateKey, RateLimit, Rule
+from gateway.memstore import BoundedMemoryStorage
 from gateway.routes import MethodRoute, RouteTable
 
 STRATEGIES: dict[str, type[RateLimiter]] = {
@@ -44,7 +51,11 @@ class CompiledRule:
     key: RateKey
     item: limits.RateLimitItem
     limiter: RateLimiter
-    rate_text: str
+    # Clients with a rate of their own (a premium key, say).
+    overrides: dict[str, limits.RateLimitItem] = field(default_factory=dict)
+
+    def item_for(self, client: str) -> limits.RateLimitItem:
+        return self.overrides.get(client, self.item)
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,7 @@ class Verdict:
     """The outcome of one rule for one call."""
 
     rule: CompiledRule
+    item: limits.RateLimitItem  # the rate that applied (the rule's, or the client's override)
     subject: str  # whose budget, in words: "user_id 103", "client demo"
     allowed: bool
     remaining: int
@@ -74,14 +86,49 @@ class Subject:
     label: str
 
 
-class RateLimitPolicy:
-    """Which rules cover which method, and the shared storage their budgets live in."""
+class StoreUnavailable(Exception):
+    """The rate-limit storage failed, or did not answer within the storage timeout."""
 
-    def __init__(self, config: RateLimit, routes: RouteTable) -> None:
-        storage = storage_from_string(f"async+{config.storage}")
+
+# Connections to a plain Redis per gateway process; a call waits for a free one.
+REDIS_POOL_SIZE = 64
+
+
+def open_storage(uri: str, timeout: float) -> Any:
+    """The storage behind a ``storage`` URI. Memory is this process's own; Redis is shared."""
+    if uri.startswith("memory://"):
+        return BoundedMemoryStorage()
+    # redis-py rather than limits' default client (coredis): under concurrency coredis was seen
+    # losing connections and retrying, and a retried script can count one call twice.
+    options: dict[str, Any] = {"implementation": "redispy"}
+    if uri.startswith(("redis://", "rediss://")):
+        options["connection_pool"] = redis.asyncio.BlockingConnectionPool.from_url(
+            uri,
+            max_connections=REDIS_POOL_SIZE,
+            timeout=timeout,
+            # Never retried: a command lost with its connection may already have counted.
+            retry=Retry(NoBackoff(), 0),
+        )
+    try:
+        # Wrapped, every backend's failure is one StorageError.
+        return storage_from_string(f"async+{uri}", wrap_exceptions=True, **options)
+    except (limits.errors.ConfigurationError, ValueError) as error:
+        raise ConfigError(f"rate_limit.storage: {error}") from None
+
+
+class RateLimitPolicy:
+    """Which rules cover which method, and the storage their budgets live in."""
+
+    def __init__(self, config: RateLimit, routes: RouteTable, clients: Iterable[str]) -> None:
+        storage = open_storage(config.storage, config.storage_timeout)
+        # Memory cannot hang; a network store gets a deadline per call.
+        self.timeout = config.storage_timeout if config.shared else None
+        self.fail_open = config.on_storage_error == "allow"
+        self.storage_uri = config.storage
+        known_clients = set(clients)
         self._rules_of: dict[str, tuple[MethodRule, ...]] = {path: () for path in routes.methods}
         for index, rule in enumerate(config.rules):
-            compiled = _compile(rule, storage)
+            compiled = _compile(rule, index, storage, known_clients)
             for path in _covered_methods(rule, index, routes):
                 method_rule = MethodRule(compiled, _key_field(rule, index, routes.methods[path]))
                 self._rules_of[path] = (*self._rules_of[path], method_rule)
@@ -89,27 +136,51 @@ class RateLimitPolicy:
     def rules_for(self, path: str) -> tuple[MethodRule, ...]:
         return self._rules_of.get(path, ())
 
+    async def spend(self, rules: tuple[tuple[MethodRule, Subject], ...], client: str) -> list[Verdict]:
+        """Spend one unit of each rule's budget, in order, stopping at the first rule that refuses.
 
-async def spend(rules: tuple[tuple[MethodRule, Subject], ...]) -> list[Verdict]:
-    """Spend one unit of each rule's budget, in order, stopping at the first rule that refuses.
+        The last verdict is the refusal, if there is one.
 
-    The last verdict is the refusal, if there is one.
-    """
+        Raises:
+            StoreUnavailable: the storage failed or took longer than the storage timeout in all.
+        """
+        try:
+            if self.timeout is None:
+                return await _spend(rules, client)
+            async with asyncio.timeout(self.timeout):
+                return await _spend(rules, client)
+        except TimeoutError:
+            raise StoreUnavailable(f"no answer from {self.storage_uri} within {self.timeout} s") from None
+        except (StorageError, OSError) as error:
+            raise StoreUnavailable(f"{self.storage_uri}: {error}") from error
+
+
+async def _spend(rules: tuple[tuple[MethodRule, Subject], ...], client: str) -> list[Verdict]:
     verdicts = []
     for method_rule, subject in rules:
         rule = method_rule.rule
-        allowed = await rule.limiter.hit(rule.item, rule.name, subject.identifier)
-        stats = await rule.limiter.get_window_stats(rule.item, rule.name, subject.identifier)
+        item = rule.item_for(client)
+        allowed = await rule.limiter.hit(item, rule.name, subject.identifier)
+        stats = await rule.limiter.get_window_stats(item, rule.name, subject.identifier)
         reset_after = max(0.0, stats.reset_time - time.time())
-        verdicts.append(Verdict(rule, subject.label, allowed, stats.remaining, reset_after))
+        verdicts.append(Verdict(rule, item, subject.label, allowed, stats.remaining, reset_after))
         if not allowed:
             break
     return verdicts
 
 
-def _compile(rule: Rule, storage: Any) -> CompiledRule:
-    item = limits.parse(rule.rate)
-    return CompiledRule(rule.name, rule.key, item, STRATEGIES[rule.strategy](storage), describe_rate(item))
+def _compile(rule: Rule, index: int, storage: Any, clients: set[str]) -> CompiledRule:
+    overrides = {}
+    for client, rate in rule.overrides.items():
+        if client not in clients:
+            raise ConfigError(
+                f"rate_limit.rules[{index}].overrides: no API key has client name {client!r} "
+                f"(known: {', '.join(sorted(clients))})"
+            )
+        overrides[client] = limits.parse(rate)
+    return CompiledRule(
+        rule.name, rule.key, limits.parse(rule.rate), STRATEGIES[rule.strategy](storage), overrides
+    )
 
 
 def _covered_methods(rule: Rule, index: int, routes: RouteTable) -> list[str]:

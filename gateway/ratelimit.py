@@ -7,7 +7,9 @@ spends one unit of each covering rule's budget, and either refuses or calls on.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,9 +20,11 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from gateway import callstate
-from gateway.limiter import MethodRule, RateLimitPolicy, Subject, Verdict, spend
+from gateway.limiter import MethodRule, RateLimitPolicy, StoreUnavailable, Subject, Verdict, describe_rate
 from gateway.proxy import API_KEY_HEADER
 from gateway.routes import MethodRoute, RouteTable
+
+log = logging.getLogger(__name__)
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -54,7 +58,7 @@ def _subject(method_rule: MethodRule, context: grpc.aio.ServicerContext, message
 
 def _headers(verdict: Verdict) -> callstate.Metadata:
     return (
-        ("x-ratelimit-limit", str(verdict.rule.item.amount)),
+        ("x-ratelimit-limit", str(verdict.item.amount)),
         ("x-ratelimit-remaining", str(verdict.remaining)),
         ("x-ratelimit-reset", str(math.ceil(verdict.reset_after))),
     )
@@ -65,7 +69,8 @@ def _refusal_trailers(verdict: Verdict, message: str, retry_after: int) -> calls
     quota_failure = error_details_pb2.QuotaFailure(
         violations=[
             error_details_pb2.QuotaFailure.Violation(
-                subject=verdict.subject, description=f"rule {verdict.rule.name}: {verdict.rule.rate_text}"
+                subject=verdict.subject,
+                description=f"rule {verdict.rule.name}: {describe_rate(verdict.item)}",
             )
         ]
     )
@@ -82,11 +87,36 @@ def _refusal_trailers(verdict: Verdict, message: str, retry_after: int) -> calls
     )
 
 
+class _StoreFailureLog:
+    """Logs storage failures once per interval, with how many calls they touched, not once per call."""
+
+    INTERVAL = 10.0
+
+    def __init__(self, fail_open: bool) -> None:
+        self._outcome = "allowed" if fail_open else "refused with UNAVAILABLE"
+        self._next_log = 0.0
+        self._unlogged = 0
+
+    def report(self, error: StoreUnavailable) -> None:
+        self._unlogged += 1
+        now = time.monotonic()
+        if now >= self._next_log:
+            log.warning(
+                "rate-limit store unavailable",
+                extra={"error": str(error), "calls": self._unlogged, "calls_were": self._outcome},
+            )
+            self._next_log = now + self.INTERVAL
+            self._unlogged = 0
+
+
 class _MethodGuard:
     """Admits or refuses the calls of one method; built once per method."""
 
-    def __init__(self, route: MethodRoute, rules: tuple[MethodRule, ...]) -> None:
+    def __init__(self, route: MethodRoute, policy: RateLimitPolicy, failures: _StoreFailureLog) -> None:
         self._route = route
+        self._policy = policy
+        self._failures = failures
+        rules = policy.rules_for(route.path)
         self._rules = rules
         self._decode = any(rule.field is not None for rule in rules)
         self._cache: tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler] | None = None
@@ -138,11 +168,18 @@ class _MethodGuard:
                     f"the request is not a valid {self._route.request_type.DESCRIPTOR.full_name} message",
                 )
         subjects = tuple((rule, _subject(rule, context, message)) for rule in self._rules)
-        verdicts = await spend(subjects)
+        try:
+            verdicts = await self._policy.spend(subjects, callstate.client_name.get())
+        except StoreUnavailable as error:
+            self._failures.report(error)
+            if self._policy.fail_open:
+                return
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "rate-limit store unavailable")
         last = verdicts[-1]
         if not last.allowed:
             retry_after = max(1, math.ceil(last.reset_after))
-            text = f"rate limit exceeded for {last.subject}: {last.rule.rate_text}, retry in {retry_after} s"
+            rate = describe_rate(last.item)
+            text = f"rate limit exceeded for {last.subject}: {rate}, retry in {retry_after} s"
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, text, _refusal_trailers(last, text, retry_after)
             )
@@ -161,8 +198,9 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
     """Spends and checks rate-limit budget for every routed call that some rule covers."""
 
     def __init__(self, policy: RateLimitPolicy, routes: RouteTable) -> None:
+        failures = _StoreFailureLog(policy.fail_open)
         self._guards = {
-            path: _MethodGuard(route, policy.rules_for(path))
+            path: _MethodGuard(route, policy, failures)
             for path, route in routes.methods.items()
             if policy.rules_for(path)
         }

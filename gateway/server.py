@@ -27,7 +27,9 @@ REFLECTION_SERVICES = ("grpc.reflection.v1alpha.ServerReflection", REFLECTION_V1
 class Gateway:
     """A configured gateway server. Build it inside the running event loop."""
 
-    def __init__(self, config: GatewayConfig, routes: RouteTable, policy: RateLimitPolicy) -> None:
+    def __init__(
+        self, config: GatewayConfig, routes: RouteTable, policy: RateLimitPolicy, reuse_port: bool = False
+    ) -> None:
         self.config = config
         public = [HEALTH_SERVICE, *(REFLECTION_SERVICES if config.reflection.public else ())]
         self.server = grpc.aio.server(
@@ -35,8 +37,8 @@ class Gateway:
                 AuthInterceptor(config.api_keys, public_services=public),
                 RateLimitInterceptor(policy, routes),
             ],
-            # Without this a second gateway could bind the same port unnoticed.
-            options=[("grpc.so_reuseport", 0)],
+            # Off unless asked (--workers): a second gateway could otherwise bind the port unnoticed.
+            options=[("grpc.so_reuseport", int(reuse_port))],
         )
         self._upstreams = Upstreams(routes.upstream_of.values())
         add_proxy(self.server, routes, self._upstreams)
@@ -67,9 +69,11 @@ class Gateway:
         await self._upstreams.close()
 
 
-async def serve(config: GatewayConfig, routes: RouteTable, policy: RateLimitPolicy) -> int:
+async def serve(
+    config: GatewayConfig, routes: RouteTable, policy: RateLimitPolicy, reuse_port: bool = False
+) -> int:
     """Run the gateway until SIGTERM or SIGINT; in-flight calls get the configured grace period."""
-    gateway = Gateway(config, routes, policy)
+    gateway = Gateway(config, routes, policy, reuse_port)
     await gateway.start()
     log.info("listening", extra={"address": config.listen, "routes": dict(routes.upstream_of)})
     await wait_for_stop_signal()

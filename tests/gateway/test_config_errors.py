@@ -55,6 +55,18 @@ CASES = {
         "routes: service 'shop.users.v1.UserService' is routed twice",
     ),
     "not TOML": ("listen = \n", "not valid TOML"),
+    "unknown storage": (
+        gateway_toml(GOOD_ROUTES, rules='[rate_limit]\nstorage = "mongodb://x"\n' + PER_USER_RULE),
+        "rate_limit.storage: 'mongodb://x' is not a storage URI this gateway knows; use one of memory://, redis://",
+    ),
+    "bad failure mode": (
+        gateway_toml(GOOD_ROUTES, rules='[rate_limit]\non_storage_error = "maybe"\n' + PER_USER_RULE),
+        "rate_limit.on_storage_error: Input should be 'allow' or 'deny'",
+    ),
+    "override for unknown client": (
+        gateway_toml(GOOD_ROUTES, rules=PER_USER_RULE + 'overrides = { gold = "10/30 seconds" }\n'),
+        "rate_limit.rules[0].overrides: no API key has client name 'gold' (known: demo)",
+    ),
     "missing descriptor set file": (
         gateway_toml(GOOD_ROUTES, extra='descriptor_sets = ["nowhere.binpb"]'),
         "descriptor_sets[0]: cannot read",
@@ -100,6 +112,5 @@ def test_reference_config_is_valid() -> None:
     config = load_config(REFERENCE_CONFIG)
     routes = build_routes(config, load_catalog(config))
     assert set(routes.upstream_of) == {USERS, "shop.recommendations.v1.RecommendationService"}
-    assert [
-        rule.rule.name for rule in RateLimitPolicy(config.rate_limit, routes).rules_for(f"/{USERS}/GetUser")
-    ] == ["per-user"]
+    policy = RateLimitPolicy(config.rate_limit, routes, ["demo"])
+    assert [rule.rule.name for rule in policy.rules_for(f"/{USERS}/GetUser")] == ["per-user"]

@@ -191,3 +191,28 @@ async def test_exact_under_concurrency(services: Services, tmp_path: Path) -> No
             codes = await asyncio.gather(*(get_user(channel, 103) for _ in range(200)))
     assert codes.count(OK) == 50
     assert codes.count(REFUSED) == 150
+
+
+async def test_client_override_gives_a_premium_key_its_own_rate(services: Services, tmp_path: Path) -> None:
+    rules = (
+        rule("2/30 seconds", "client", name="per-client")
+        + 'overrides = { premium = "4/30 seconds" }\n'
+        + '\n[[api_keys]]\nclient = "premium"\nkey = "premium-key"\n'
+    )
+    with gateway_with(services, tmp_path, rules) as address:
+        async with grpc.aio.insecure_channel(address) as channel:
+            premium = (("x-api-key", "premium-key"),)
+            stub = users_pb2_grpc.UserServiceStub(channel)
+            premium_codes = []
+            for _ in range(5):
+                try:
+                    await stub.GetUser(users_pb2.GetUserRequest(user_id=101), metadata=premium, timeout=5)
+                    premium_codes.append(OK)
+                except grpc.aio.AioRpcError as error:
+                    premium_codes.append(error.code())
+                    assert error.details().startswith(
+                        "rate limit exceeded for client premium: 4 per 30 seconds"
+                    )
+                    assert dict(error.trailing_metadata())["x-ratelimit-limit"] == "4"
+            assert premium_codes == [OK] * 4 + [REFUSED]
+            assert [await get_user(channel, 101) for _ in range(3)] == [OK, OK, REFUSED]

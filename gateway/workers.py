@@ -1,0 +1,86 @@
+"""``--workers N``: N gateway processes on one port, the kernel spreading connections (SO_REUSEPORT).
+
+Python runs one call at a time per process; workers use every core. Each worker is a whole
+gateway, so rate-limit budgets must live in a storage they share.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import socket
+import sys
+import time
+from types import FrameType
+
+from gateway.config import ConfigError, GatewayConfig
+from runtime.addresses import parse_host_port
+from runtime.serving import BindError
+
+
+def check_workers(config: GatewayConfig, count: int) -> None:
+    """Refuse a worker setup that would not do what it says.
+
+    Raises:
+        ConfigError: memory storage with rules (each worker would count alone), or port 0.
+    """
+    if config.rate_limit.rules and not config.rate_limit.shared:
+        raise ConfigError(
+            f"rate_limit.storage: --workers {count} with storage = 'memory://' would give every worker a "
+            f"budget of its own, letting clients through up to {count} times the configured rate; "
+            "use a shared storage such as 'redis://127.0.0.1:6379', or run one worker"
+        )
+    if parse_host_port(config.listen)[1] == 0:
+        raise ConfigError("listen: --workers needs a fixed port, not port 0")
+
+
+def _port_is_free(address: str) -> bool:
+    host, port = parse_host_port(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _worker(argv: list[str]) -> None:
+    from gateway.__main__ import main
+
+    sys.exit(main([*argv, "--workers", "1", "--reuse-port"]))
+
+
+def supervise(count: int, listen: str, argv: list[str]) -> int:
+    """Start ``count`` workers running ``argv`` and wait; SIGTERM/SIGINT stop them all gracefully.
+
+    If one worker exits, the others are stopped too, and the exit status is non-zero.
+    """
+    # Workers share the port with each other, so a port held by something else would go unnoticed.
+    if not _port_is_free(listen):
+        raise BindError(f"cannot listen on {listen}: the port is already in use")
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    # spawn, not fork: grpc must not be forked once initialised.
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_worker, args=(argv,), name=f"gateway-worker-{n}") for n in range(count)
+    ]
+    for worker in workers:
+        worker.start()
+    while not stopping and all(worker.is_alive() for worker in workers):
+        time.sleep(0.1)
+    for worker in workers:
+        if worker.is_alive() and worker.pid is not None:
+            worker.terminate()  # SIGTERM: the worker drains its calls and exits 0
+    for worker in workers:
+        worker.join()
+    # A worker stopped before it could install its own handler dies of our SIGTERM: that is a stop too.
+    clean = all(worker.exitcode in (0, -signal.SIGTERM) for worker in workers)
+    return 0 if stopping and clean else 1
