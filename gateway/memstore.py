@@ -10,8 +10,9 @@ time in proportion to what expired, never to what is stored.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 
 from limits.aio.storage import MemoryStorage
 
@@ -52,7 +53,8 @@ class BoundedMemoryStorage(MemoryStorage):
 
     def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options: str) -> None:
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
-        self.windows: dict[str, deque[float]] = {}
+        # Hit times per key, oldest first: a list, as a deque costs a 64-slot block per key.
+        self.windows: dict[str, list[float]] = {}
         self._indexes: dict[float, _ExpiryIndex] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -122,12 +124,13 @@ class BoundedMemoryStorage(MemoryStorage):
 
     # Moving window: the timestamps of the hits inside the window, oldest first.
 
-    def _live_window(self, key: str, expiry: float, now: float) -> deque[float]:
+    def _live_window(self, key: str, expiry: float, now: float) -> list[float]:
         window = self.windows.get(key)
         if window is None:
-            return deque()
-        while window and window[0] <= now - expiry:
-            window.popleft()
+            return []
+        expired = bisect.bisect_right(window, now - expiry)
+        if expired:
+            del window[:expired]
         return window
 
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
