@@ -8,10 +8,13 @@ from pathlib import Path
 
 from gateway.config import REFERENCE_CONFIG, ConfigError, load_config
 from gateway.limiter import RateLimitPolicy
+from gateway.metrics import metrics_address
+from gateway.observe import load_observability
 from gateway.routes import build_routes, load_catalog
+from gateway.security import load_security
 from gateway.workers import check_workers, supervise
 from runtime import jsonlog
-from runtime.addresses import parse_host_port
+from runtime.addresses import format_host_port, parse_host_port
 from runtime.serving import BindError, run
 
 EXIT_CONFIG_ERROR = 2
@@ -29,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grpc-gateway",
         description="A gRPC gateway: API-key auth, per-user rate limits, transparent forwarding.",
+        epilog="grpc-gateway hash-key [KEY] prints the sha256: digest of an API key for the config.",
     )
     parser.add_argument(
         "--config",
@@ -38,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--listen", type=_address, help="HOST:PORT to listen on, overriding the config")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--metrics-listen",
+        type=_metrics_address,
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT: 127.0.0.1); "
+        "overrides metrics_listen; with --workers N, worker n serves PORT+n",
+    )
     parser.add_argument(
         "--workers",
         type=_worker_count,
@@ -52,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _metrics_address(text: str) -> str:
+    try:
+        return metrics_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _worker_count(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 64:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers from 1 to 64")
@@ -59,28 +77,51 @@ def _worker_count(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["hash-key"]:
+        from gateway.hashkey import main as hash_key
+
+        return hash_key(arguments[1:])
     args = _parser().parse_args(argv)
     jsonlog.configure(args.log_level)
     try:
         config = load_config(args.config)
         if args.listen:
             config = config.model_copy(update={"listen": args.listen})
+        if args.metrics_listen:
+            config = config.model_copy(update={"metrics_listen": args.metrics_listen})
         routes = build_routes(config, load_catalog(config))
         policy = RateLimitPolicy(config.rate_limit, routes, clients=(key.client for key in config.api_keys))
+        security = load_security(config, routes)
         if args.workers > 1:
             check_workers(config, args.workers)
+        observability = load_observability(config)
     except ConfigError as error:
         print(f"grpc-gateway: error: config {args.config}: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     try:
         if args.workers > 1:
-            return supervise(args.workers, config.listen, [*(argv if argv is not None else sys.argv[1:])])
+            observability.access_log.close()  # the workers write it
+            return supervise(
+                args.workers,
+                config.listen,
+                [*(argv if argv is not None else sys.argv[1:])],
+                _per_worker_metrics(config.metrics_listen, args.workers),
+            )
         from gateway.server import serve
 
-        return run(lambda: serve(config, routes, policy, args.reuse_port))
+        return run(lambda: serve(config, routes, policy, security, args.reuse_port, observability))
     except BindError as error:
         print(f"grpc-gateway: error: {error}", file=sys.stderr)
         return 1
+
+
+def _per_worker_metrics(address: str | None, workers: int) -> list[list[str]]:
+    """Each worker counts its own calls, so each serves its own metrics: worker n on PORT+n."""
+    if address is None:
+        return [[] for _ in range(workers)]
+    host, port = parse_host_port(address)
+    return [["--metrics-listen", format_host_port(host, port + n)] for n in range(workers)]
 
 
 if __name__ == "__main__":

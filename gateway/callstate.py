@@ -13,5 +13,8 @@ Metadata = tuple[tuple[str, str | bytes], ...]
 # The verified client name, set by the auth interceptor.
 client_name: ContextVar[str] = ContextVar("client_name", default="")
 
+# The call's x-request-id (the caller's, or one made up), set by the observing interceptor.
+request_id: ContextVar[str] = ContextVar("request_id", default="")
+
 # Metadata the gateway adds to the reply's initial metadata (e.g. x-ratelimit-*), set before forwarding.
 reply_headers: ContextVar[Metadata] = ContextVar("reply_headers", default=())

@@ -15,18 +15,23 @@ import grpc
 from gateway import callstate
 from gateway.callstate import Metadata
 from gateway.rejections import rejection
+from gateway.requestid import HEADER as REQUEST_ID_HEADER
 from gateway.routes import MethodRoute, RouteTable
 from gateway.upstreams import Upstreams
 
 CLIENT_ID_HEADER = "x-client-id"
+# A caller's deadline longer than this (30 days) is as good as none.
+MAX_UPSTREAM_TIMEOUT = 30 * 24 * 3600.0
 API_KEY_HEADER = "x-api-key"
 
 # Never forwarded: the caller's credentials, a client id the caller may have forged, and
-# headers that describe this hop's connection rather than the call.
+# headers that describe this hop's connection rather than the call. (x-request-id is added
+# back: the caller's, or the one the gateway made up.)
 _NOT_FORWARDED = frozenset(
     {
         API_KEY_HEADER,
         CLIENT_ID_HEADER,
+        REQUEST_ID_HEADER,
         "connection",
         "keep-alive",
         "proxy-connection",
@@ -43,7 +48,13 @@ _NOT_FORWARDED = frozenset(
 )
 
 # grpc core's own words when no connection to an upstream could be made.
-_CONNECTION_FAILURES = ("failed to connect", "connection refused", "socket closed", "connection reset")
+_CONNECTION_FAILURES = (
+    "failed to connect",
+    "connections to all backends failing",
+    "connection refused",
+    "socket closed",
+    "connection reset",
+)
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
@@ -55,7 +66,11 @@ def forwarded_metadata(context: grpc.aio.ServicerContext) -> Metadata:
         for key, value in context.invocation_metadata() or ()
         if key not in _NOT_FORWARDED and not key.startswith(":")
     )
-    return (*kept, (CLIENT_ID_HEADER, callstate.client_name.get()))
+    return (
+        *kept,
+        (CLIENT_ID_HEADER, callstate.client_name.get()),
+        (REQUEST_ID_HEADER, callstate.request_id.get()),
+    )
 
 
 class _Forwarder:
@@ -70,9 +85,18 @@ class _Forwarder:
         )
         # No serializers: requests and replies stay raw bytes.
         self._call = getattr(channel, kind)(route.path, request_serializer=None, response_deserializer=None)
+        self._default_timeout = route.default_timeout
+
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float | None:
+        """The caller's deadline, or the route's default_timeout when the caller set none."""
+        remaining: float | None = context.time_remaining()
+        if remaining is None:
+            return self._default_timeout
+        # grpc's client overflows on deadlines of centuries (grpc-timeout 2562047H) and fails at once.
+        return min(remaining, MAX_UPSTREAM_TIMEOUT)
 
     async def unary_reply(self, request: Any, context: grpc.aio.ServicerContext) -> bytes:
-        call = self._call(request, timeout=context.time_remaining(), metadata=forwarded_metadata(context))
+        call = self._call(request, timeout=self._timeout(context), metadata=forwarded_metadata(context))
         try:
             reply: bytes = await call
         except grpc.aio.AioRpcError as error:
@@ -86,7 +110,7 @@ class _Forwarder:
         return reply
 
     async def streamed_reply(self, request: Any, context: grpc.aio.ServicerContext) -> None:
-        call = self._call(request, timeout=context.time_remaining(), metadata=forwarded_metadata(context))
+        call = self._call(request, timeout=self._timeout(context), metadata=forwarded_metadata(context))
         headers_sent = False
         try:
             # Awaiting initial metadata alone does not carry a cancel upstream: the finally does.
@@ -103,9 +127,14 @@ class _Forwarder:
 
     @staticmethod
     async def _send_headers(context: grpc.aio.ServicerContext, upstream: Metadata | None) -> None:
-        headers = (*(upstream or ()), *callstate.reply_headers.get())
-        if headers:
-            await context.send_initial_metadata(headers)
+        # Always some: the request id is returned to every caller whose call was forwarded.
+        await context.send_initial_metadata(
+            (
+                *(upstream or ()),
+                *callstate.reply_headers.get(),
+                (REQUEST_ID_HEADER, callstate.request_id.get()),
+            )
+        )
 
     async def _fail(
         self, context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, headers_sent: bool
@@ -114,6 +143,8 @@ class _Forwarder:
         if error.code() == grpc.StatusCode.UNAVAILABLE and not error.trailing_metadata():
             lowered = details.lower()
             if any(words in lowered for words in _CONNECTION_FAILURES):
+                if not headers_sent:
+                    await self._send_headers(context, None)
                 await context.abort(
                     grpc.StatusCode.UNAVAILABLE,
                     f"upstream {self.route.upstream} for {self.route.service} is unavailable: {details}",

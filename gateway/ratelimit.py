@@ -19,8 +19,9 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from gateway import callstate
+from gateway import callstate, observe
 from gateway.limiter import MethodRule, RateLimitPolicy, StoreUnavailable, Subject, Verdict, describe_rate
+from gateway.peers import peer_address
 from gateway.proxy import API_KEY_HEADER
 from gateway.routes import MethodRoute, RouteTable
 
@@ -30,17 +31,10 @@ Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandl
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def _peer_host(peer: str) -> str:
-    """``ipv4:127.0.0.1:5555`` -> ``127.0.0.1``; ``ipv6:[::1]:5555`` -> ``::1``."""
-    address = peer.partition(":")[2]
-    host = address.rpartition(":")[0] or address
-    return host.strip("[]")
-
-
 def _subject(method_rule: MethodRule, context: grpc.aio.ServicerContext, message: Message | None) -> Subject:
     key = method_rule.rule.key
     if key.kind == "peer":
-        host = _peer_host(context.peer())
+        host = peer_address(context.peer())
         return Subject(f"peer={host}", f"peer {host}")
     if key.kind == "metadata":
         for name, value in context.invocation_metadata() or ():
@@ -172,6 +166,7 @@ class _MethodGuard:
             verdicts = await self._policy.spend(subjects, callstate.client_name.get())
         except StoreUnavailable as error:
             self._failures.report(error)
+            observe.current().store_error()
             if self._policy.fail_open:
                 return
             await context.abort(grpc.StatusCode.UNAVAILABLE, "rate-limit store unavailable")
@@ -180,6 +175,7 @@ class _MethodGuard:
             retry_after = max(1, math.ceil(last.reset_after))
             rate = describe_rate(last.item)
             text = f"rate limit exceeded for {last.subject}: {rate}, retry in {retry_after} s"
+            await observe.current().rate_limited(context, last.rule.name)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, text, _refusal_trailers(last, text, retry_after)
             )

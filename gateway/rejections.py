@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from gateway.requestid import reply_metadata
+
 
 def rejection(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     """A handler that ends every call at once with ``code`` and ``message``.
@@ -15,6 +17,8 @@ def rejection(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     """
 
     async def abort(request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        # Like every reply of the gateway, a refusal carries the call's x-request-id.
+        await context.send_initial_metadata(reply_metadata())
         await context.abort(code, message)
 
     return grpc.stream_stream_rpc_method_handler(abort)

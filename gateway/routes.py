@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
-from gateway.config import ConfigError, GatewayConfig
+from gateway.config import ConfigError, GatewayConfig, Route
 from runtime.descriptors import DescriptorCatalog, DescriptorSetError, builtin_catalog
 
 
@@ -22,6 +23,8 @@ class MethodRoute:
     client_streaming: bool
     server_streaming: bool
     request_type: type[Message]
+    # Seconds the call may take when the caller sets no deadline (the route's default_timeout).
+    default_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ def build_routes(config: GatewayConfig, catalog: DescriptorCatalog) -> RouteTabl
                 f"routes[{index}].service: no descriptor for {route.service!r}; "
                 "add a FileDescriptorSet that defines it to descriptor_sets"
             )
+        _check_retried_methods(index, route, service)
         for method in service.methods:
             path = f"/{service.full_name}/{method.name}"
             methods[path] = MethodRoute(
@@ -68,6 +72,19 @@ def build_routes(config: GatewayConfig, catalog: DescriptorCatalog) -> RouteTabl
                 client_streaming=method.client_streaming,
                 server_streaming=method.server_streaming,
                 request_type=message_factory.GetMessageClass(method.input_type),
+                default_timeout=route.default_timeout,
             )
     upstream_of = {route.service: route.upstream for route in config.routes}
     return RouteTable(catalog=catalog, methods=methods, upstream_of=upstream_of)
+
+
+def _check_retried_methods(index: int, route: Route, service: ServiceDescriptor) -> None:
+    if route.retry is None:
+        return
+    names = [method.name for method in service.methods]
+    for position, name in enumerate(route.retry.methods):
+        if name not in names:
+            raise ConfigError(
+                f"routes[{index}].retry.methods[{position}]: {service.full_name} has no method {name!r} "
+                f"(it has: {', '.join(names)})"
+            )

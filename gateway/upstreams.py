@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from gateway import channels
+from gateway.config import Route, UpstreamKeepalive
+from gateway.tls import UpstreamTransport, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -16,16 +20,40 @@ _NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Upstreams:
-    """Channels to every upstream address, created inside the running event loop."""
+    """One channel per upstream (a route's ``upstream``), created inside the running event loop.
 
-    def __init__(self, addresses: Iterable[str]) -> None:
-        self._channels = {address: grpc.aio.insecure_channel(address) for address in set(addresses)}
+    Routes to the same upstream share its channel; see gateway/channels.py for how it is set up.
+    """
 
-    def channel(self, address: str) -> grpc.aio.Channel:
-        return self._channels[address]
+    def __init__(
+        self,
+        routes: Iterable[Route],
+        keepalive: UpstreamKeepalive,
+        transports: Mapping[str, UpstreamTransport] | None = None,
+    ) -> None:
+        # An upstream without a TLS transport is reached in plaintext.
+        tls = transports or {}
+        routes_of: dict[str, list[Route]] = {}
+        for route in routes:
+            routes_of.setdefault(route.upstream, []).append(route)
+        self._channels = {
+            upstream: open_channel(
+                channels.target(shared[0].upstreams),
+                tls.get(upstream),
+                channels.channel_options(shared, keepalive),
+            )
+            for upstream, shared in routes_of.items()
+        }
+
+    def channel(self, upstream: str) -> grpc.aio.Channel:
+        return self._channels[upstream]
 
     async def close(self) -> None:
         await asyncio.gather(*(channel.close() for channel in self._channels.values()))
+
+
+# Told (service, upstream, serving) whenever a route's upstream health changes, e.g. to set a metric.
+HealthListener = Callable[[str, str, bool], None]
 
 
 class HealthMonitor:
@@ -41,11 +69,13 @@ class HealthMonitor:
         upstreams: Upstreams,
         servicer: health.aio.HealthServicer,
         interval: float,
+        on_change: HealthListener | None = None,
     ) -> None:
         self._upstream_of = upstream_of
         self._upstreams = upstreams
         self._servicer = servicer
         self._interval = interval
+        self._on_change = on_change
         self._last: dict[str, int] = {}
 
     async def check_all(self) -> None:
@@ -65,6 +95,8 @@ class HealthMonitor:
             name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
             log.info("upstream health", extra={"service": service, "upstream": address, "status": name})
             await self._servicer.set(service, status)
+            if self._on_change is not None:
+                self._on_change(service, address, status == _SERVING)
 
     async def _ask(self, stub: health_pb2_grpc.HealthStub, service: str) -> int:
         timeout = min(self._interval, 1.0)

@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from types import FrameType
 
 from gateway.config import ConfigError, GatewayConfig
@@ -51,10 +52,11 @@ def _worker(argv: list[str]) -> None:
     sys.exit(main([*argv, "--workers", "1", "--reuse-port"]))
 
 
-def supervise(count: int, listen: str, argv: list[str]) -> int:
+def supervise(count: int, listen: str, argv: list[str], worker_args: Sequence[list[str]] = ()) -> int:
     """Start ``count`` workers running ``argv`` and wait; SIGTERM/SIGINT stop them all gracefully.
 
-    If one worker exits, the others are stopped too, and the exit status is non-zero.
+    Worker n also gets ``worker_args[n]``, when given (its own metrics port, say). If one worker
+    exits, the others are stopped too, and the exit status is non-zero.
     """
     # Workers share the port with each other, so a port held by something else would go unnoticed.
     if not _port_is_free(listen):
@@ -69,8 +71,10 @@ def supervise(count: int, listen: str, argv: list[str]) -> int:
     signal.signal(signal.SIGINT, stop)
     # spawn, not fork: grpc must not be forked once initialised.
     context = multiprocessing.get_context("spawn")
+    extra = list(worker_args) or [[] for _ in range(count)]
     workers = [
-        context.Process(target=_worker, args=(argv,), name=f"gateway-worker-{n}") for n in range(count)
+        context.Process(target=_worker, args=([*argv, *extra[n]],), name=f"gateway-worker-{n}")
+        for n in range(count)
     ]
     for worker in workers:
         worker.start()

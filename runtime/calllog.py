@@ -1,4 +1,10 @@
-"""A server interceptor that writes one structured log line per call: method, status code, duration."""
+"""Watching calls end: a handler wrapper that reports each call's outcome, and the services' call log.
+
+``observe`` wraps a method handler so that a function runs when each call ends, with the call's
+context, start time and the exception it ended with, if any; ``final_code`` turns that into the
+status the client saw. The services' ``CallLogInterceptor`` writes one JSON line per call from
+it; the gateway's metrics and access log (gateway/observe.py) are built on the same wrapper.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,17 @@ import grpc
 
 log = logging.getLogger("calls")
 
+# The metadata key that carries a call's id from hop to hop (set by the gateway).
+REQUEST_ID_HEADER = "x-request-id"
 
-def _final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+# Called when a call ends: its context, what ``start`` returned when it began, and its exception.
+Finish = Callable[[grpc.aio.ServicerContext, float, BaseException | None], None]
+
+_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+def final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+    """The status a call ended with, seen from inside its handler once the handler is done."""
     # grpc.aio abandons a response generator (GeneratorExit at its yield) only when the call ends
     # under it: cancelled by the client, or the server stopped, while a response was being sent.
     if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
@@ -25,8 +40,55 @@ def _final_code(context: grpc.aio.ServicerContext, error: BaseException | None) 
     return grpc.StatusCode.UNKNOWN if error is not None else grpc.StatusCode.OK
 
 
+def observe(
+    handler: grpc.RpcMethodHandler, start: Callable[[], float], finish: Finish
+) -> grpc.RpcMethodHandler:
+    """``handler`` with ``start()`` run as each call begins and ``finish`` as it ends, however it ends."""
+    for kind in _KINDS:
+        behavior = getattr(handler, kind)
+        if behavior is not None:
+            return handler._replace(**{kind: _observed(behavior, start, finish)})
+    return handler
+
+
+def _observed(behavior: Callable[..., Any], start: Callable[[], float], finish: Finish) -> Callable[..., Any]:
+    # Keep the behaviour's own shape: grpc.aio treats async generators and coroutines differently.
+    if inspect.isasyncgenfunction(behavior):
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = start()
+            error: BaseException | None = None
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                finish(context, started, error)
+
+        return streaming
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = start()
+        error: BaseException | None = None
+        try:
+            return await behavior(request, context)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            finish(context, started, error)
+
+    return unary
+
+
 class CallLogInterceptor(grpc.aio.ServerInterceptor):
-    """Logs every call the server handles, after it ends, at INFO on the ``calls`` logger."""
+    """Logs every call the server handles, after it ends, at INFO on the ``calls`` logger.
+
+    The line carries the ``x-request-id`` the call came with (null without one), so that a
+    call through the gateway can be found in the gateway's access log and here alike.
+    """
 
     async def intercept_service(
         self,
@@ -37,55 +99,19 @@ class CallLogInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method: str = handler_call_details.method
-        if handler.unary_unary:
-            return handler._replace(unary_unary=_logged(method, handler.unary_unary))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=_logged(method, handler.unary_stream))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=_logged(method, handler.stream_unary))
-        return handler._replace(stream_stream=_logged(method, handler.stream_stream))
+        request_id = next(
+            (v for k, v in handler_call_details.invocation_metadata or () if k == REQUEST_ID_HEADER), None
+        )
 
+        def write(context: grpc.aio.ServicerContext, started: float, error: BaseException | None) -> None:
+            log.info(
+                "call",
+                extra={
+                    "method": method,
+                    "code": final_code(context, error).name,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "request_id": request_id,
+                },
+            )
 
-def _write(
-    method: str, context: grpc.aio.ServicerContext, started: float, error: BaseException | None
-) -> None:
-    code = _final_code(context, error)
-    log.info(
-        "call",
-        extra={
-            "method": method,
-            "code": code.name,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-        },
-    )
-
-
-def _logged(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
-    if inspect.isasyncgenfunction(behavior):
-
-        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            error: BaseException | None = None
-            try:
-                async for response in behavior(request, context):
-                    yield response
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                _write(method, context, started, error)
-
-        return streaming
-
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
-        error: BaseException | None = None
-        try:
-            return await behavior(request, context)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            _write(method, context, started, error)
-
-    return unary
+        return observe(handler, time.perf_counter, write)

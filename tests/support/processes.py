@@ -53,9 +53,12 @@ def running(
     health_service: str = "",
     timeout: float = 15.0,
     env: dict[str, str] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> Iterator[subprocess.Popen[str]]:
     """Run ``python *args`` until its gRPC health check on 127.0.0.1:``port`` says SERVING; yield it.
 
+    The health check goes over TLS with ``credentials`` (plaintext without), sending ``metadata``.
     ``env`` adds to (and overrides) this process's environment. stdout and stderr go to temporary
     files, so a chatty process never blocks on a full pipe. On exit the process gets SIGTERM, and
     SIGKILL if it is still running 5 s later.
@@ -75,18 +78,30 @@ def running(
         )
         _stderr_files[proc] = stderr
         try:
-            _wait_until_serving(proc, port, health_service, timeout)
+            _wait_until_serving(proc, port, health_service, timeout, credentials, metadata)
             yield proc
         finally:
             _stop(proc)
             del _stderr_files[proc]
 
 
-def _wait_until_serving(proc: subprocess.Popen[str], port: int, service: str, timeout: float) -> None:
+def _wait_until_serving(
+    proc: subprocess.Popen[str],
+    port: int,
+    service: str,
+    timeout: float,
+    credentials: grpc.ChannelCredentials | None = None,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> None:
     deadline = time.monotonic() + timeout
     # Short reconnect backoff: the first attempts are refused until the server has bound its port.
     options = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100)]
-    with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+    address = f"127.0.0.1:{port}"
+    with (
+        grpc.insecure_channel(address, options=options)
+        if credentials is None
+        else grpc.secure_channel(address, credentials, options=options)
+    ) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while True:
             if proc.poll() is not None:
@@ -105,6 +120,7 @@ def _wait_until_serving(proc: subprocess.Popen[str], port: int, service: str, ti
                     health_pb2.HealthCheckRequest(service=service),
                     timeout=min(0.25, remaining),
                     wait_for_ready=True,
+                    metadata=metadata,
                 )
             except grpc.RpcError:
                 pass

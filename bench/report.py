@@ -1,0 +1,254 @@
+"""From raw runs to the numbers that matter: medians across rounds, ratios, and the printed table."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.measure import H2LOAD_CPU, Run
+
+SERVICE = "service"
+UNARY = "unary"
+LATENCY = "latency"
+STREAM = "stream"
+DIRECT = "direct"
+YARDSTICK = "yardstick"
+GATEWAY = "gateway"
+GATEWAY_NO_LIMITER = "gateway-nolimit"
+
+# Path name -> (label in the table, the forwarding server on that path, if any).
+PATHS: dict[str, tuple[str, str | None]] = {
+    DIRECT: ("direct to the service", None),
+    YARDSTICK: ("yardstick", YARDSTICK),
+    GATEWAY: ("gateway", GATEWAY),
+    GATEWAY_NO_LIMITER: ("gateway, no rate limit rules", GATEWAY_NO_LIMITER),
+}
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The median of a quantity across rounds, with its smallest and largest value."""
+
+    median: float
+    low: float
+    high: float
+    rounds: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Spread:
+        items = list(values)
+        if not items:
+            raise ValueError("no values")
+        return cls(statistics.median(items), min(items), max(items), len(items))
+
+
+@dataclass(frozen=True)
+class PathStats:
+    req_per_s: Spread
+    p50_us: Spread
+    p99_us: Spread
+    proxy_cpu_us: Spread | None
+    service_cpu_us: Spread
+    other_cpu_share: Spread
+
+
+def _runs(runs: Sequence[Run], scenario: str, path: str) -> list[Run]:
+    return sorted((r for r in runs if r.scenario == scenario and r.path == path), key=lambda r: r.round)
+
+
+def path_stats(runs: Sequence[Run], scenario: str, path: str) -> PathStats | None:
+    """Medians of one path in one scenario; None if it never ran."""
+    chosen = _runs(runs, scenario, path)
+    if not chosen:
+        return None
+    proxy = PATHS[path][1]
+    return PathStats(
+        req_per_s=Spread.of(r.req_per_s for r in chosen),
+        p50_us=Spread.of(r.p50_us for r in chosen),
+        p99_us=Spread.of(r.p99_us for r in chosen),
+        proxy_cpu_us=None if proxy is None else Spread.of(r.cpu_us_per_call(proxy) for r in chosen),
+        service_cpu_us=Spread.of(r.cpu_us_per_call(SERVICE) for r in chosen),
+        other_cpu_share=Spread.of(r.other_cpu_share for r in chosen),
+    )
+
+
+def per_round(
+    runs: Sequence[Run], scenario: str, paths: tuple[str, str], combine: Callable[[Run, Run], float]
+) -> Spread | None:
+    """``combine`` of the two paths' runs of each round (compared within a round, so slow drifts of
+    the machine cancel out), across rounds."""
+    first = {r.round: r for r in _runs(runs, scenario, paths[0])}
+    second = {r.round: r for r in _runs(runs, scenario, paths[1])}
+    rounds = sorted(first.keys() & second.keys())
+    if not rounds:
+        return None
+    return Spread.of(combine(first[n], second[n]) for n in rounds)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A derived number, its target if it has one, and what it is."""
+
+    name: str
+    value: Spread | None
+    unit: str
+    target: str = ""
+    meets: bool | None = None
+
+
+def comparisons(runs: Sequence[Run]) -> list[Comparison]:
+    """The ratios and differences the performance targets are stated in."""
+
+    def cpu_ratio(gateway: Run, yardstick: Run) -> float:
+        return gateway.cpu_us_per_call(GATEWAY) / yardstick.cpu_us_per_call(YARDSTICK)
+
+    def rps_ratio(gateway: Run, yardstick: Run) -> float:
+        return gateway.req_per_s / yardstick.req_per_s
+
+    def service_side_ceiling(gateway: Run, yardstick: Run) -> float:
+        # Pinned, the service and h2load share one CPU: whatever the forwarder costs, calls through
+        # it cannot go faster than that CPU serves them (at the service and h2load costs per call
+        # seen with the gateway in front).
+        busy_per_call = (gateway.cpu_seconds[SERVICE] + gateway.cpu_seconds[H2LOAD_CPU]) / gateway.requests
+        return 1 / busy_per_call / yardstick.req_per_s
+
+    def limiter_cost(on: Run, off: Run) -> float:
+        return on.cpu_us_per_call(GATEWAY) - off.cpu_us_per_call(GATEWAY_NO_LIMITER)
+
+    def added_p50_ms(through: Run, direct: Run) -> float:
+        return (through.p50_us - direct.p50_us) / 1000
+
+    def stream_ratio(gateway: Run, direct: Run) -> float:
+        # Against what the call costs the service when called directly: a denominator the gateway
+        # cannot inflate (the gateway's client side changes how hard the service works, see below).
+        return gateway.cpu_us_per_call(GATEWAY) / direct.cpu_us_per_call(SERVICE)
+
+    def stream_ratio_same_run(gateway: Run, _: Run) -> float:
+        # The service's CPU for the very calls the gateway forwarded, in the same run.
+        return gateway.cpu_us_per_call(GATEWAY) / gateway.cpu_us_per_call(SERVICE)
+
+    cpu = per_round(runs, UNARY, (GATEWAY, YARDSTICK), cpu_ratio)
+    rps = per_round(runs, UNARY, (GATEWAY, YARDSTICK), rps_ratio)
+    stream = per_round(runs, STREAM, (GATEWAY, DIRECT), stream_ratio)
+    return [
+        Comparison(
+            "unary: gateway CPU/call ÷ yardstick CPU/call",
+            cpu,
+            "x",
+            "≤ 0.80",
+            None if cpu is None else cpu.median <= 0.80,
+        ),
+        Comparison(
+            "unary: gateway req/s ÷ yardstick req/s",
+            rps,
+            "x",
+            "≥ 1.25",
+            None if rps is None else rps.median >= 1.25,
+        ),
+        Comparison(
+            "unary: ceiling of that ratio (CPU 0: service + h2load)",
+            per_round(runs, UNARY, (GATEWAY, YARDSTICK), service_side_ceiling),
+            "x",
+        ),
+        Comparison(
+            "unary: rate limiter CPU/call (gateway with minus without rules)",
+            per_round(runs, UNARY, (GATEWAY, GATEWAY_NO_LIMITER), limiter_cost),
+            "µs",
+        ),
+        Comparison(
+            "-c1 -m1: p50 added by the gateway over a direct call",
+            per_round(runs, LATENCY, (GATEWAY, DIRECT), added_p50_ms),
+            "ms",
+        ),
+        Comparison(
+            "-c1 -m1: p50 added by the yardstick over a direct call",
+            per_round(runs, LATENCY, (YARDSTICK, DIRECT), added_p50_ms),
+            "ms",
+        ),
+        Comparison(
+            "stream: gateway CPU/call ÷ service CPU/call, direct",
+            stream,
+            "x",
+            "≤ 1.50",
+            None if stream is None else stream.median <= 1.50,
+        ),
+        Comparison(
+            "stream: gateway CPU/call ÷ service CPU/call, same calls",
+            per_round(runs, STREAM, (GATEWAY, DIRECT), stream_ratio_same_run),
+            "x",
+        ),
+    ]
+
+
+def _decimals(value: float, unit: str) -> int:
+    if unit == "x":
+        return 2
+    if unit == "ms":
+        # Three significant digits or so: 0.79, 17.1, 236.
+        return 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+    return 0
+
+
+def _spread(spread: Spread | None, unit: str = "", scale: float = 1.0) -> str:
+    if spread is None:
+        return "-"
+    digits = _decimals(spread.median * scale, unit)
+    text = f"{spread.median * scale:.{digits}f}"
+    if spread.rounds > 1:
+        text += f" ({spread.low * scale:.{digits}f}-{spread.high * scale:.{digits}f})"
+    return text
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What one scenario of the report ran: its title and its paths in table order."""
+
+    name: str
+    title: str
+    paths: tuple[str, ...]
+
+
+def table(runs: Sequence[Run], scenarios: Sequence[Scenario]) -> str:
+    """The report: one table per scenario, medians (min-max across rounds), then the comparisons."""
+    rounds = len({run.round for run in runs})
+    plural = "" if rounds == 1 else "s"
+    lines = [
+        f"Medians across {rounds} round{plural}, (min-max) in brackets; CPU per call of each process tree."
+    ]
+    header = (
+        f"{'path':<29} {'req/s':>17} {'p50 ms':>18} {'p99 ms':>18} "
+        f"{'proxy CPU µs/call':>21} {'service CPU µs/call':>21}"
+    )
+    for scenario in scenarios:
+        lines += ["", scenario.title, header, "-" * len(header)]
+        for path in scenario.paths:
+            stats = path_stats(runs, scenario.name, path)
+            if stats is None:
+                continue
+            lines.append(
+                f"{PATHS[path][0]:<29} {_spread(stats.req_per_s):>17} "
+                f"{_spread(stats.p50_us, 'ms', 1e-3):>18} {_spread(stats.p99_us, 'ms', 1e-3):>18} "
+                f"{_spread(stats.proxy_cpu_us):>21} {_spread(stats.service_cpu_us):>21}"
+            )
+    lines += ["", f"{'comparison (median of per-round values, min-max)':<62} {'value':>20} {'target':>8}"]
+    lines.append("-" * 92)
+    for item in comparisons(runs):
+        verdict = "" if item.meets is None else ("  met" if item.meets else "  NOT met")
+        value = _spread(item.value, item.unit) + ("" if item.unit == "x" else f" {item.unit}")
+        lines.append(f"{item.name:<62} {value:>20} {item.target:>8}{verdict}".rstrip())
+    return "\n".join(lines)
+
+
+def as_json(runs: Sequence[Run], scenarios: Sequence[Scenario]) -> dict[str, Any]:
+    """The summary, for the results file (the raw runs are stored beside it)."""
+    summary: dict[str, Any] = {}
+    for scenario in scenarios:
+        summary[scenario.name] = {
+            path: asdict(stats)
+            for path in scenario.paths
+            if (stats := path_stats(runs, scenario.name, path)) is not None
+        }
+    summary["comparisons"] = [asdict(item) for item in comparisons(runs)]
+    return summary

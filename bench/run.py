@@ -1,0 +1,454 @@
+"""``make bench`` / ``python -m bench``: the gateway against a direct call and the yardstick.
+
+Starts the user service, the yardstick and two gateways (rate limiter on, and no rules), checks
+each path with real gRPC calls, then drives them with h2load, interleaved over several rounds, and
+prints medians across rounds: req/s, p50 and p99, CPU per call of each server, and the ratios the
+performance targets are stated in. The raw numbers go to bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import report, verify
+from bench.loadgen import GrpcTarget, Load, LoadError, ensure_h2load, h2load_version
+from bench.measure import H2LOAD_CPU, OTHER_CPU, QuietWait, Run, timed_run
+from bench.payloads import MIN_USERS, Call, get_user_call, list_users_call, users, write_data_set
+from bench.report import (
+    DIRECT,
+    GATEWAY,
+    GATEWAY_NO_LIMITER,
+    LATENCY,
+    PATHS,
+    SERVICE,
+    STREAM,
+    UNARY,
+    YARDSTICK,
+)
+from bench.servers import (
+    FAST_GRPC_EXPERIMENTS,
+    PROJECT,
+    Placement,
+    Server,
+    ServerError,
+    check_yardstick,
+    gateway,
+    server_environment,
+    user_service,
+    yardstick,
+)
+from bench.verify import VerificationError
+
+BENCH = Path(__file__).resolve().parent
+GATEWAY_CONFIG = BENCH / "gateway.toml"
+GATEWAY_NO_LIMITER_CONFIG = BENCH / "gateway-nolimit.toml"
+DEFAULT_OUTPUT = BENCH / "results" / "latest.json"
+API_KEY: tuple[tuple[str, str], ...] = (("x-api-key", "secret-key"),)
+# A share of one CPU taken by other processes during a run above which its numbers are suspect.
+NOISY_OTHER_CPU = 0.10
+# A share of one CPU used by the service and h2load above which they, not the forwarder, set the pace.
+SATURATED = 0.95
+
+
+@dataclass(frozen=True)
+class Settings:
+    rounds: int
+    requests: int
+    clients: int
+    streams: int
+    latency_requests: int
+    stream_requests: int
+    stream_clients: int
+    stream_streams: int
+    stream_users: int
+    warmup_requests: int
+    quiet_wait_budget: float
+    grpc_experiments: str
+    pin: bool
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ 1")
+    return int(text)
+
+
+def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="The gateway against a direct call and the reference yardstick: req/s, latency, "
+        "CPU per call (README, Performance).",
+    )
+    parser.add_argument(
+        "--rounds", metavar="N", type=_positive, help="rounds, each running every path once (default 3)"
+    )
+    parser.add_argument(
+        "-n", "--requests", metavar="N", type=_positive, help="unary calls per run (default 20000)"
+    )
+    parser.add_argument(
+        "-c", "--clients", metavar="N", type=_positive, default=4, help="h2load connections (default 4)"
+    )
+    parser.add_argument(
+        "-m",
+        "--streams",
+        metavar="N",
+        type=_positive,
+        default=8,
+        help="concurrent calls per connection (default 8)",
+    )
+    parser.add_argument(
+        "--latency-requests", metavar="N", type=_positive, help="calls per -c1 -m1 run (default 2000)"
+    )
+    parser.add_argument(
+        "--stream-requests",
+        metavar="N",
+        type=_positive,
+        help="ListUsers calls per streaming run (default 100)",
+    )
+    parser.add_argument(
+        "--stream-users",
+        metavar="N",
+        type=_positive,
+        default=1000,
+        help="users in the data set, so messages per ListUsers call; at least 4 (default 1000)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run of 15 s or so: 1 round, few calls")
+    parser.add_argument(
+        "--grpc-experiments",
+        metavar="VALUE",
+        default=os.environ.get("GRPC_EXPERIMENTS", FAST_GRPC_EXPERIMENTS),
+        help="GRPC_EXPERIMENTS for every server alike ('' for grpc's defaults; default: "
+        "$GRPC_EXPERIMENTS, else the setting from the shared gRPC notes)",
+    )
+    parser.add_argument(
+        "--max-quiet-wait",
+        metavar="SECONDS",
+        type=float,
+        help="seconds, over the whole bench, to spend waiting for other processes to leave the CPUs "
+        "alone before a run (default 60; 10 with --quick)",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument(
+        "--output",
+        metavar="PATH",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help="where to write the raw numbers (default bench/results/latest.json)",
+    )
+    args = parser.parse_args(argv)
+    if args.stream_users < MIN_USERS:
+        parser.error(f"--stream-users: at least {MIN_USERS}, the users of the reference data")
+    quick = args.quick
+
+    def pick(given: int | None, full: int, smoke: int) -> int:
+        return given if given is not None else (smoke if quick else full)
+
+    settings = Settings(
+        rounds=pick(args.rounds, 3, 1),
+        requests=pick(args.requests, 20000, 3000),
+        clients=args.clients,
+        streams=args.streams,
+        latency_requests=pick(args.latency_requests, 2000, 300),
+        stream_requests=pick(args.stream_requests, 100, 16),
+        stream_clients=1,
+        stream_streams=4,
+        stream_users=args.stream_users,
+        warmup_requests=500 if quick else 2000,
+        quiet_wait_budget=args.max_quiet_wait if args.max_quiet_wait is not None else 10 if quick else 60,
+        grpc_experiments=args.grpc_experiments,
+        pin=not args.no_pin,
+    )
+    return settings, args.output
+
+
+@dataclass(frozen=True)
+class Scenario:
+    report: report.Scenario
+    call: Call
+    load: Load
+    warmup: Load
+
+
+def _scenarios(settings: Settings, get_user: Call, list_users: Call) -> list[Scenario]:
+    unary = Load(settings.clients, settings.streams, settings.requests)
+    single = Load(1, 1, settings.latency_requests)
+    stream = Load(settings.stream_clients, settings.stream_streams, settings.stream_requests)
+    warm = settings.warmup_requests
+    return [
+        Scenario(
+            report.Scenario(
+                UNARY,
+                f"Unary GetUser: h2load {unary}",
+                (DIRECT, YARDSTICK, GATEWAY, GATEWAY_NO_LIMITER),
+            ),
+            get_user,
+            unary,
+            Load(unary.clients, unary.streams, warm),
+        ),
+        Scenario(
+            report.Scenario(
+                LATENCY, f"Unary GetUser, one call at a time: h2load {single}", (DIRECT, YARDSTICK, GATEWAY)
+            ),
+            get_user,
+            single,
+            Load(1, 1, max(1, warm // 10)),
+        ),
+        Scenario(
+            report.Scenario(
+                STREAM,
+                f"Server streaming ListUsers, {settings.stream_users} messages a call: h2load {stream}",
+                (DIRECT, GATEWAY),
+            ),
+            list_users,
+            stream,
+            Load(stream.clients, stream.streams, max(stream.clients * stream.streams, stream.requests // 10)),
+        ),
+    ]
+
+
+def _upstream_of(config: Path) -> str:
+    with config.open("rb") as file:
+        routes = tomllib.load(file)["routes"]
+    return str(routes[0]["upstream"])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _check_free(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, int(port)))
+        except OSError:
+            raise ServerError(
+                f"{address} (the upstream in bench/gateway.toml) is in use: is another bench running?"
+            ) from None
+
+
+def _progress(text: str) -> None:
+    print(text, flush=True)
+
+
+def _environment(settings: Settings, placement: Placement, h2load: str) -> dict[str, Any]:
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=PROJECT, capture_output=True, text=True, check=False)
+        return result.stdout.rstrip("\n")  # porcelain lines may start with a space
+
+    model = next(
+        (
+            line.partition(":")[2].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "server_environment": {"GRPC_EXPERIMENTS": settings.grpc_experiments or None},
+        "same_environment_for_all_servers": True,
+        "server_log_level": "WARNING",
+        "placement": {
+            "h2load_and_service_cpu": placement.load,
+            "yardstick_and_gateways_cpu": placement.proxy,
+        },
+        "python": sys.version.split()[0],
+        "packages": {name: version(name) for name in ("grpcio", "protobuf", "limits", "uvloop")},
+        "h2load": h2load_version(h2load),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "git_uncommitted": git("status", "--porcelain", "--", "gateway", "runtime", "services").splitlines(),
+    }
+
+
+def _describe(run: Run, proxy: str | None) -> str:
+    cpu = f"service {run.cpu_us_per_call(SERVICE):.0f} µs"
+    if proxy is not None:
+        cpu = f"{proxy} {run.cpu_us_per_call(proxy):.0f} µs, " + cpu
+    text = (
+        f"{run.requests} calls in {run.seconds:5.1f} s  {run.req_per_s:7.0f} req/s  "
+        f"p50 {run.p50_us / 1000:6.2f} ms  p99 {run.p99_us / 1000:6.2f} ms  CPU/call: {cpu}"
+    )
+    if proxy is not None:
+        # Pinned, the service and h2load share one CPU: when it is full, it and not the forwarder
+        # sets the pace, and req/s says little about the forwarder.
+        load_side = run.busy_share(SERVICE, H2LOAD_CPU)
+        text += f"  busy: service+h2load {load_side:.0%}, {proxy} {run.busy_share(proxy):.0%}"
+        if load_side > SATURATED:
+            text += "  [service side saturated]"
+    if run.quiet_wait_seconds >= 1:
+        text += f"  (waited {run.quiet_wait_seconds:.0f} s for a quiet machine)"
+    if run.other_cpu_share > NOISY_OTHER_CPU:
+        text += f"  [noisy: other processes took {run.other_cpu_share:.0%} of a CPU from this run's CPUs]"
+    return text
+
+
+def _run(settings: Settings, output: Path) -> int:
+    started = time.monotonic()
+    h2load = ensure_h2load()
+    check_yardstick()
+    placement = Placement.choose(settings.pin)
+    env = server_environment(settings.grpc_experiments)
+    upstream = _upstream_of(GATEWAY_CONFIG)
+    if _upstream_of(GATEWAY_NO_LIMITER_CONFIG) != upstream:
+        raise ServerError("bench/gateway.toml and bench/gateway-nolimit.toml must route to the same upstream")
+    _check_free(upstream)
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as temporary, ExitStack() as stack:
+        folder = Path(temporary)
+        everyone = users(settings.stream_users)
+        data = folder / "users.json"
+        write_data_set(data, everyone)
+        get_user = get_user_call(folder)
+        list_users = list_users_call(folder, everyone)
+
+        _progress(
+            f"bench: starting the user service ({len(everyone)} users), the yardstick and two gateways; "
+            f"GRPC_EXPERIMENTS={settings.grpc_experiments or '(unset)'}; "
+            + (
+                f"h2load and the service on CPU {placement.load}, forwarders on CPU {placement.proxy}"
+                if placement.proxy is not None
+                else "not pinned to CPUs"
+            )
+        )
+        servers: dict[str, Server] = {}
+
+        def start(server: Server) -> None:
+            servers[server.name] = server
+            stack.callback(server.stop)
+
+        start(user_service(upstream, data, placement.load, env, folder))
+        start(yardstick(upstream, _free_port(), placement.proxy, env, folder))
+        start(gateway(GATEWAY, GATEWAY_CONFIG, _free_port(), placement.proxy, env, folder))
+        start(
+            gateway(GATEWAY_NO_LIMITER, GATEWAY_NO_LIMITER_CONFIG, _free_port(), placement.proxy, env, folder)
+        )
+        for server in servers.values():
+            server.wait_ready()
+
+        _progress("bench: checking every path with real gRPC calls")
+        service = servers[SERVICE].address
+        verify.check_get_user(service, API_KEY, rate_limited=False)
+        verify.check_list_users(service, API_KEY, everyone)
+        verify.check_auth_required(servers[YARDSTICK].address)
+        verify.check_get_user(servers[YARDSTICK].address, API_KEY, rate_limited=None)
+        for name, limited in ((GATEWAY, True), (GATEWAY_NO_LIMITER, False)):
+            verify.check_auth_required(servers[name].address)
+            verify.check_get_user(servers[name].address, API_KEY, rate_limited=limited)
+            verify.check_list_users(servers[name].address, API_KEY, everyone)
+
+        scenarios = _scenarios(settings, get_user, list_users)
+
+        def address(path: str) -> str:
+            proxy = PATHS[path][1]
+            return servers[SERVICE if proxy is None else proxy].address
+
+        quiet = QuietWait(settings.quiet_wait_budget, NOISY_OTHER_CPU)
+
+        def measure(scenario: Scenario, path: str, load: Load, round_number: int) -> Run:
+            waited = quiet.wait(list(servers.values())) if round_number else 0.0
+            target = GrpcTarget(address(path), scenario.call.method, scenario.call.body, API_KEY)
+            pinned = (placement.load, *(() if PATHS[path][1] is None else (placement.proxy,)))
+            cpus = None if placement.load is None else frozenset(c for c in pinned if c is not None)
+            return timed_run(
+                h2load=h2load,
+                target=target,
+                call=scenario.call,
+                load=load,
+                servers=list(servers.values()),
+                log_file=folder / "h2load.log",
+                cpu=placement.load,
+                cpus=cpus,
+                round_number=round_number,
+                scenario=scenario.report.name,
+                path=path,
+                quiet_wait_seconds=waited,
+            )
+
+        _progress("bench: warming up every path")
+        for scenario in scenarios:
+            for path in scenario.report.paths:
+                measure(scenario, path, scenario.warmup, 0)
+
+        for round_number in range(1, settings.rounds + 1):
+            for scenario in scenarios:
+                paths = scenario.report.paths
+                # Each round starts with another path, so that none is always measured first.
+                shift = (round_number - 1) % len(paths)
+                for path in paths[shift:] + paths[:shift]:
+                    print(
+                        f"round {round_number}/{settings.rounds}  {scenario.report.name:<7} {path:<15} ",
+                        end="",
+                        flush=True,
+                    )
+                    run = measure(scenario, path, scenario.load, round_number)
+                    runs.append(run)
+                    _progress(_describe(run, PATHS[path][1]))
+        for server in servers.values():
+            server.check_alive()
+
+    elapsed = time.monotonic() - started
+    report_scenarios = [scenario.report for scenario in scenarios]
+    print(report.table(runs, report_scenarios))
+    noisy = [run for run in runs if run.other_cpu_share > NOISY_OTHER_CPU]
+    if noisy:
+        print(
+            f"\nwarning: in {len(noisy)} of {len(runs)} runs other processes took more than "
+            f"{NOISY_OTHER_CPU:.0%} of a CPU from the run's CPUs; those numbers are noisy (medians resist "
+            "a few)"
+        )
+    results = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() - elapsed)),
+        "elapsed_seconds": round(elapsed, 1),
+        "noisy_runs": [f"round {run.round} {run.scenario} {run.path}" for run in noisy],
+        "settings": asdict(settings),
+        "environment": _environment(settings, placement, h2load),
+        "summary": report.as_json(runs, report_scenarios),
+        "runs": [
+            {**asdict(run), "cpu_us_per_call": {name: run.cpu_us_per_call(name) for name in run.cpu_seconds}}
+            for run in runs
+        ],
+        "cpu_keys": {"h2load": H2LOAD_CPU, "other processes on the CPUs of the run": OTHER_CPU},
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    shown = output.relative_to(PROJECT) if output.is_relative_to(PROJECT) else output
+    print(f"\nbench: {len(runs)} runs in {elapsed:.0f} s; raw numbers in {shown}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings, output = parse_args(argv)
+    try:
+        return _run(settings, output.resolve())
+    except (LoadError, ServerError, VerificationError) as error:
+        print(f"bench: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,167 @@
+"""The processes under test: the user service, the yardstick and the gateway, pinned to CPUs.
+
+Every server gets the same environment (one ``GRPC_EXPERIMENTS`` setting for all), logs only
+warnings (a log line per call would be measured too), and is stopped with SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from bench import procstat
+
+PROJECT = Path(__file__).resolve().parent.parent
+YARDSTICK = Path(__file__).resolve().parent / "reference" / "yardstick.py"
+YARDSTICK_SHA256 = "da348d41621844b6f8f0b678ce5f0def67b2f1c266a914ef1e7ed9638acf63de"
+# shared GRPC-NOTES: set before grpc is imported, it cuts grpc.aio's CPU per call by 17-20%.
+FAST_GRPC_EXPERIMENTS = "-event_engine_client,-event_engine_listener,-event_engine_for_all_other_endpoints"
+START_SECONDS = 30.0
+STOP_SECONDS = 5.0
+
+
+class ServerError(Exception):
+    """A server could not be started, or died."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which CPU each kind of process runs on; None: wherever the kernel puts it."""
+
+    load: int | None
+    """h2load and the user service."""
+    proxy: int | None
+    """The yardstick and the gateways (one at a time is busy)."""
+
+    @classmethod
+    def choose(cls, pin: bool) -> Placement:
+        """Two CPUs or more (and taskset): the forwarders alone on CPU 1, the rest on CPU 0."""
+        if pin and len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset"):
+            cpus = sorted(os.sched_getaffinity(0))
+            return cls(load=cpus[0], proxy=cpus[1])
+        return cls(load=None, proxy=None)
+
+
+def server_environment(grpc_experiments: str) -> dict[str, str]:
+    """This process's environment with ``GRPC_EXPERIMENTS`` set (or removed when empty)."""
+    env = dict(os.environ)
+    env.pop("GRPC_EXPERIMENTS", None)
+    if grpc_experiments:
+        env["GRPC_EXPERIMENTS"] = grpc_experiments
+    return env
+
+
+def check_yardstick() -> None:
+    """Refuse a yardstick that is not the unmodified reference.
+
+    Raises:
+        ServerError: the copy in bench/reference differs from the reference.
+    """
+    digest = hashlib.sha256(YARDSTICK.read_bytes()).hexdigest()
+    if digest != YARDSTICK_SHA256:
+        raise ServerError(
+            f"{YARDSTICK.relative_to(PROJECT)} is not the reference yardstick (SHA-256 {digest}); "
+            "restore the unmodified copy, see bench/reference/README.md"
+        )
+
+
+@dataclass
+class Server:
+    """A running server process."""
+
+    name: str
+    address: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    cpu: int | None
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds its process tree has used so far."""
+        return procstat.tree_cpu_seconds(self.process.pid)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise ServerError(
+                f"{self.name} exited with status {self.process.returncode}; its log ends:\n{self.log_tail()}"
+            )
+
+    def wait_ready(self, timeout: float = START_SECONDS) -> None:
+        """Return once the server accepts HTTP/2 connections.
+
+        Raises:
+            ServerError: it exited, or was not ready within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        options = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100)]
+        with grpc.insecure_channel(self.address, options=options) as channel:
+            ready = grpc.channel_ready_future(channel)
+            while True:
+                self.check_alive()
+                try:
+                    ready.result(timeout=0.2)
+                    return
+                except grpc.FutureTimeoutError:
+                    if time.monotonic() > deadline:
+                        ready.cancel()
+                        raise ServerError(
+                            f"{self.name} did not listen on {self.address} within {timeout:.0f} s; "
+                            f"its log ends:\n{self.log_tail()}"
+                        ) from None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(
+    name: str, args: list[str], address: str, cpu: int | None, env: Mapping[str, str], log_dir: Path
+) -> Server:
+    """Start ``python *args`` (this interpreter) from the project folder, on CPU ``cpu`` when given."""
+    command = [sys.executable, *args]
+    if cpu is not None:
+        command = ["taskset", "-c", str(cpu), *command]  # taskset execs: the pid is the server's
+    log = log_dir / f"{name}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, cwd=PROJECT, env=dict(env), stdin=subprocess.DEVNULL, stdout=output, stderr=output
+        )
+    return Server(name, address, process, log, cpu)
+
+
+def user_service(address: str, data: Path, cpu: int | None, env: Mapping[str, str], log_dir: Path) -> Server:
+    args = ["-m", "services.users", "--listen", address, "--data", str(data), "--log-level", "WARNING"]
+    return start_server("service", args, address, cpu, env, log_dir)
+
+
+def yardstick(upstream: str, port: int, cpu: int | None, env: Mapping[str, str], log_dir: Path) -> Server:
+    args = [str(YARDSTICK), "--upstream", upstream, "--port", str(port)]
+    return start_server("yardstick", args, f"127.0.0.1:{port}", cpu, env, log_dir)
+
+
+def gateway(
+    name: str, config: Path, port: int, cpu: int | None, env: Mapping[str, str], log_dir: Path
+) -> Server:
+    address = f"127.0.0.1:{port}"
+    args = ["-m", "gateway", "--config", str(config), "--listen", address, "--log-level", "WARNING"]
+    return start_server(name, args, address, cpu, env, log_dir)

@@ -1,0 +1,176 @@
+"""Prometheus metrics of the gateway, and the listener that serves them.
+
+Every series a call touches is bound once, at start-up or at its first use, so that a call
+costs a few increments and no label lookup. The metrics live in a registry of their own (not
+prometheus_client's global one), served on a listener of their own (``--metrics-listen``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.process_collector import ProcessCollector
+
+from runtime.addresses import format_host_port, parse_host_port
+from runtime.serving import BindError
+
+PREFIX = "grpc_gateway"
+
+# Seconds; from a fast local call (about a millisecond) to a long stream.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+# What auth failures are counted by; bound up front so that each series reads 0 before its first failure.
+AUTH_FAILURE_REASONS = ("missing_key", "invalid_key", "several_keys", "not_allowed", "locked_out")
+
+
+class MethodMetrics:
+    """The series of one method: calls by status code, and latency."""
+
+    __slots__ = ("_by_code", "_calls", "_labels", "_latency")
+
+    def __init__(self, metrics: GatewayMetrics, service: str, method: str) -> None:
+        self._labels = (service, method)
+        self._calls = metrics.calls
+        self._by_code: dict[grpc.StatusCode, Counter] = {}
+        self._latency = metrics.latency.labels(service, method)
+
+    def finished(self, code: grpc.StatusCode, seconds: float) -> None:
+        counter = self._by_code.get(code)
+        if counter is None:
+            counter = self._by_code[code] = self._calls.labels(*self._labels, code.name)
+        counter.inc()
+        self._latency.observe(seconds)
+
+
+class GatewayMetrics:
+    """Every metric the gateway exports. Names follow Prometheus conventions (``_total``, ``_seconds``)."""
+
+    def __init__(self, rules: Iterable[str] = ()) -> None:
+        # No *_created series: they double the output and no dashboard of ours reads them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # (unannotated in prometheus_client)
+        self.registry = CollectorRegistry()
+        # CPU, memory and open files of the gateway process (process_cpu_seconds_total, ...).
+        ProcessCollector(registry=self.registry)
+        self.calls = Counter(
+            f"{PREFIX}_calls",
+            "Calls handled, by gRPC service, method and status code (the gateway's own refusals included).",
+            ["service", "method", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_call_duration_seconds",
+            "Time from a call's first request message to its status, by gRPC service and method.",
+            ["service", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            f"{PREFIX}_calls_in_flight", "Calls being handled right now.", registry=self.registry
+        )
+        self._rate_limited = Counter(
+            f"{PREFIX}_rate_limited",
+            "Calls refused with RESOURCE_EXHAUSTED, by the rate-limit rule that refused them.",
+            ["rule"],
+            registry=self.registry,
+        )
+        self._auth_failures = Counter(
+            f"{PREFIX}_auth_failures",
+            "Calls refused by authentication or access control, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._store_errors = Counter(
+            f"{PREFIX}_rate_limit_store_errors",
+            "Calls whose rate-limit check failed because the store failed or was too slow "
+            "(then allowed or refused as rate_limit.on_storage_error says).",
+            registry=self.registry,
+        )
+        self._upstream_healthy = Gauge(
+            f"{PREFIX}_upstream_healthy",
+            "1 while a route's upstream reports SERVING to the gateway's health checks, else 0.",
+            ["service", "upstream"],
+            registry=self.registry,
+        )
+        self._by_rule = {rule: self._rate_limited.labels(rule) for rule in rules}
+        self._by_reason = {reason: self._auth_failures.labels(reason) for reason in AUTH_FAILURE_REASONS}
+
+    def for_method(self, service: str, method: str) -> MethodMetrics:
+        return MethodMetrics(self, service, method)
+
+    def rate_limited(self, rule: str) -> None:
+        counter = self._by_rule.get(rule)
+        if counter is None:
+            counter = self._by_rule[rule] = self._rate_limited.labels(rule)
+        counter.inc()
+
+    def auth_failed(self, reason: str) -> None:
+        counter = self._by_reason.get(reason)
+        if counter is None:
+            counter = self._by_reason[reason] = self._auth_failures.labels(reason)
+        counter.inc()
+
+    def store_error(self) -> None:
+        self._store_errors.inc()
+
+    def upstream_health(self, service: str, upstream: str, serving: bool) -> None:
+        self._upstream_healthy.labels(service, upstream).set(1 if serving else 0)
+
+
+def metrics_address(text: str) -> str:
+    """``HOST:PORT``, or a bare ``PORT`` meaning loopback (``127.0.0.1:PORT``).
+
+    Raises:
+        ValueError: neither form.
+    """
+    if text.isdigit():
+        text = format_host_port("127.0.0.1", int(text))
+    parse_host_port(text)
+    return text
+
+
+class MetricsServer:
+    """``GET /metrics`` over plain HTTP, on a thread of its own (prometheus_client's WSGI server).
+
+    A scrape renders the text on that thread; calls never wait for it.
+    """
+
+    def __init__(self, metrics: GatewayMetrics, address: str) -> None:
+        self._metrics = metrics
+        self.address = address
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> int:
+        """Listen; the bound port.
+
+        Raises:
+            BindError: the address is taken or not an address of this machine.
+        """
+        host, port = parse_host_port(self.address)
+        try:
+            self._server, self._thread = start_http_server(port, host, self._metrics.registry)
+        except OSError as error:
+            raise BindError(
+                f"cannot listen on {self.address} for metrics ({error.strerror}); "
+                "choose another --metrics-listen address"
+            ) from None
+        return int(self._server.server_port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            # shutdown() waits for the serving loop to notice (up to half a second): not on the event loop.
+            await asyncio.to_thread(self._server.shutdown)
+            self._server.server_close()
+            self._server = None
