@@ -6,12 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from gateway.config import REFERENCE_CONFIG, ConfigError, load_config
-from gateway.limiter import RateLimitPolicy
+from gateway.config import REFERENCE_CONFIG, ConfigError
 from gateway.metrics import metrics_address
 from gateway.observe import load_observability
-from gateway.routes import build_routes, load_catalog
-from gateway.security import load_security
+from gateway.setup import load_setup
 from gateway.workers import check_workers, supervise
 from runtime import jsonlog
 from runtime.addresses import format_host_port, parse_host_port
@@ -84,15 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         return hash_key(arguments[1:])
     args = _parser().parse_args(argv)
     jsonlog.configure(args.log_level)
+    overrides = {
+        name: value
+        for name, value in (("listen", args.listen), ("metrics_listen", args.metrics_listen))
+        if value is not None
+    }
     try:
-        config = load_config(args.config)
-        if args.listen:
-            config = config.model_copy(update={"listen": args.listen})
-        if args.metrics_listen:
-            config = config.model_copy(update={"metrics_listen": args.metrics_listen})
-        routes = build_routes(config, load_catalog(config))
-        policy = RateLimitPolicy(config.rate_limit, routes, clients=(key.client for key in config.api_keys))
-        security = load_security(config, routes)
+        setup = load_setup(args.config, overrides)
+        config = setup.config
         if args.workers > 1:
             check_workers(config, args.workers)
         observability = load_observability(config)
@@ -110,7 +107,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         from gateway.server import serve
 
-        return run(lambda: serve(config, routes, policy, security, args.reuse_port, observability))
+        return run(
+            lambda: serve(
+                setup,
+                lambda previous: load_setup(args.config, overrides, previous),
+                args.reuse_port,
+                observability,
+            )
+        )
     except BindError as error:
         print(f"grpc-gateway: error: {error}", file=sys.stderr)
         return 1

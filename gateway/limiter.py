@@ -119,8 +119,14 @@ def open_storage(uri: str, timeout: float) -> Any:
 class RateLimitPolicy:
     """Which rules cover which method, and the storage their budgets live in."""
 
-    def __init__(self, config: RateLimit, routes: RouteTable, clients: Iterable[str]) -> None:
-        storage = open_storage(config.storage, config.storage_timeout)
+    def __init__(
+        self, config: RateLimit, routes: RouteTable, clients: Iterable[str], storage: Any = None
+    ) -> None:
+        # A reload passes the storage on, so budgets already spent stay spent.
+        self.storage = (
+            storage if storage is not None else open_storage(config.storage, config.storage_timeout)
+        )
+        storage = self.storage
         # Memory cannot hang; a network store gets a deadline per call.
         self.timeout = config.storage_timeout if config.shared else None
         self.fail_open = config.on_storage_error == "allow"

@@ -1,85 +1,136 @@
-"""Assembles the gateway: interceptors in policy order, the proxy, health and reflection."""
+"""Assembles the gateway: the call pipeline, the proxy, health and reflection; reloads on SIGHUP."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+from collections.abc import Callable
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 
-from gateway.config import GatewayConfig
-from gateway.limiter import RateLimitPolicy
+from gateway.config import ConfigError
 from gateway.observe import Observability, ObservingInterceptor, load_observability, local_methods
-from gateway.proxy import add_proxy
+from gateway.pipeline import Pipeline, Switchboard
+from gateway.proxy import ProxyTable
 from gateway.ratelimit import RateLimitInterceptor
-from gateway.routes import RouteTable
-from gateway.security import Security
+from gateway.setup import Setup
 from gateway.upstreams import HealthMonitor, Upstreams
-from runtime.introspection import add_health, add_reflection
+from runtime.descriptors import DescriptorCatalog
+from runtime.introspection import HEALTH_SERVICE, add_health, add_reflection
 from runtime.serving import listen, wait_for_stop_signal
 
 log = logging.getLogger("gateway")
+
+# What only a restart can change: the listener and what the process set up once.
+RESTART_ONLY = ("listen", "tls", "limits", "metrics_listen", "access_log", "reflection")
+
+
+def _upstreams(setup: Setup) -> Upstreams:
+    config = setup.config
+    return Upstreams(config.routes, config.upstream_keepalive, setup.security.upstream_transports)
 
 
 class Gateway:
     """A configured gateway server. Build it inside the running event loop."""
 
     def __init__(
-        self,
-        config: GatewayConfig,
-        routes: RouteTable,
-        policy: RateLimitPolicy,
-        security: Security,
-        reuse_port: bool = False,
-        observability: Observability | None = None,
+        self, setup: Setup, reuse_port: bool = False, observability: Observability | None = None
     ) -> None:
-        self.config = config
-        self._security = security
+        self.setup = setup
+        config = setup.config
         self._observability = observability or load_observability(config)
-        metrics = self._observability.metrics
-        observing = ObservingInterceptor(
-            routes,
-            lambda path: bool(policy.rules_for(path)),
-            local_methods(),
-            metrics,
-            self._observability.access_log,
+        self._local = local_methods()
+        self._reflects = config.reflection.enabled
+        self._upstreams = Upstreams(
+            config.routes, config.upstream_keepalive, setup.security.upstream_transports
         )
+        self._switchboard = Switchboard(self._pipeline(setup, self._upstreams))
         self.server = grpc.aio.server(
-            # Observing first, to see every call however it ends; then the metadata check and auth:
-            # a call without a valid key never spends budget.
-            interceptors=[observing, *security.interceptors(), RateLimitInterceptor(policy, routes)],
+            interceptors=[self._switchboard],
             # Off unless asked (--workers): a second gateway could otherwise bind the port unnoticed.
-            options=[("grpc.so_reuseport", int(reuse_port)), *security.server_options],
+            options=[("grpc.so_reuseport", int(reuse_port)), *setup.security.server_options],
         )
-        self._upstreams = Upstreams(config.routes, config.upstream_keepalive, security.upstream_transports)
-        add_proxy(self.server, routes, self._upstreams)
         self._health = add_health(self.server)
-        # Clients such as grpcurl resolve the rich error details of refusals through reflection.
-        routes.catalog.add_compiled(error_details_pb2.DESCRIPTOR)
+        self._reflection = None
         if config.reflection.enabled:
-            add_reflection(self.server, routes.upstream_of, routes.catalog)
-        self._monitor = HealthMonitor(
-            routes.upstream_of,
-            self._upstreams,
-            self._health,
-            config.health_check_interval,
-            on_change=None if metrics is None else metrics.upstream_health,
-        )
+            self._reflection = add_reflection(self.server, setup.routes.upstream_of, self._catalog(setup))
+        self._monitor = self._health_monitor(setup, self._upstreams)
         self._monitoring: asyncio.Task[None] | None = None
         self.port = 0
         self.metrics_port = 0
+
+    def _pipeline(self, setup: Setup, upstreams: Upstreams) -> Pipeline:
+        observing = ObservingInterceptor(
+            setup.routes,
+            lambda path: bool(setup.policy.rules_for(path)),
+            self._local,
+            self._observability.metrics,
+            self._observability.access_log,
+        )
+        # Observing first, to see every call however it ends; then the metadata check and auth:
+        # a call without a valid key never spends budget.
+        interceptors = (
+            observing,
+            *setup.security.interceptors(),
+            RateLimitInterceptor(setup.policy, setup.routes),
+        )
+        served = {path for path, service in self._local.items() if service == HEALTH_SERVICE or self._reflects}
+        return Pipeline(interceptors, ProxyTable(setup.routes, upstreams), frozenset(served))
+
+    @staticmethod
+    def _catalog(setup: Setup) -> DescriptorCatalog:
+        # Clients such as grpcurl resolve the rich error details of refusals through reflection.
+        setup.routes.catalog.add_compiled(error_details_pb2.DESCRIPTOR)
+        return setup.routes.catalog
+
+    def _health_monitor(self, setup: Setup, upstreams: Upstreams) -> HealthMonitor:
+        metrics = self._observability.metrics
+        return HealthMonitor(
+            setup.routes.upstream_of,
+            upstreams,
+            self._health,
+            setup.config.health_check_interval,
+            on_change=None if metrics is None else metrics.upstream_health,
+        )
 
     async def start(self) -> None:
         """Listen, then report health: overall SERVING, each route as its upstream reports."""
         if self._observability.metrics_server is not None:
             self.metrics_port = self._observability.metrics_server.start()
-        self.port = listen(self.server, self.config.listen, self._security.server_credentials)
+        self.port = listen(self.server, self.setup.config.listen, self.setup.security.server_credentials)
         await self.server.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._monitor.check_all()
         self._monitoring = asyncio.create_task(self._monitor.run())
+
+    async def reload(self, setup: Setup) -> None:
+        """Serve new calls with ``setup``; calls in flight finish with the handlers they started with."""
+        kept = [
+            name for name in RESTART_ONLY if getattr(setup.config, name) != getattr(self.setup.config, name)
+        ]
+        if kept:
+            log.warning("config fields need a restart to change; kept as they were", extra={"fields": kept})
+        upstreams = _upstreams(setup)
+        monitor = self._health_monitor(setup, upstreams)
+        await monitor.check_all()
+        previous_upstreams, previous_setup = self._upstreams, self.setup
+        self._switchboard.pipeline = self._pipeline(setup, upstreams)
+        self.setup, self._upstreams = setup, upstreams
+        if self._reflection is not None:
+            self._reflection.serve(setup.routes.upstream_of, self._catalog(setup))
+        for service in set(previous_setup.routes.upstream_of) - set(setup.routes.upstream_of):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+        if self._monitoring is not None:
+            self._monitoring.cancel()
+        self._monitor = monitor
+        self._monitoring = asyncio.create_task(monitor.run())
+        # Calls in flight still use the old channels: close them once they have had time to end.
+        asyncio.get_running_loop().call_later(
+            setup.config.shutdown_grace + 1, lambda: asyncio.ensure_future(previous_upstreams.close())
+        )
 
     async def stop(self, grace: float) -> None:
         """Turn health to NOT_SERVING, stop accepting calls, let in-flight calls finish within ``grace``."""
@@ -92,25 +143,42 @@ class Gateway:
 
 
 async def serve(
-    config: GatewayConfig,
-    routes: RouteTable,
-    policy: RateLimitPolicy,
-    security: Security,
+    setup: Setup,
+    reload: Callable[[Setup], Setup],
     reuse_port: bool = False,
     observability: Observability | None = None,
 ) -> int:
-    """Run the gateway until SIGTERM or SIGINT; in-flight calls get the configured grace period."""
-    gateway = Gateway(config, routes, policy, security, reuse_port, observability)
+    """Run the gateway until SIGTERM or SIGINT; SIGHUP reloads the config from ``reload``."""
+    gateway = Gateway(setup, reuse_port, observability)
     await gateway.start()
+    config = setup.config
     log.info(
         "listening",
         extra={
             "address": config.listen,
             "tls": "off" if config.tls is None else ("mtls" if config.tls.client_ca else "tls"),
-            "routes": dict(routes.upstream_of),
+            "routes": dict(setup.routes.upstream_of),
             "metrics": config.metrics_listen,
         },
     )
+
+    async def on_hangup() -> None:
+        try:
+            new_setup = reload(gateway.setup)
+        except ConfigError as error:
+            log.error("config reload rejected; the running config stays", extra={"error": str(error)})
+            return
+        await gateway.reload(new_setup)
+        log.info("config reloaded", extra={"routes": dict(new_setup.routes.upstream_of)})
+
+    reloads: set[asyncio.Task[None]] = set()
+
+    def hangup() -> None:
+        task = asyncio.ensure_future(on_hangup())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup)
     await wait_for_stop_signal()
     log.info("shutting down", extra={"grace_seconds": config.shutdown_grace})
     await gateway.stop(config.shutdown_grace)

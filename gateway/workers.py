@@ -7,6 +7,7 @@ gateway, so rate-limit budgets must live in a storage they share.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -78,6 +79,13 @@ def supervise(count: int, listen: str, argv: list[str], worker_args: Sequence[li
     ]
     for worker in workers:
         worker.start()
+
+    def reload(signum: int, frame: FrameType | None) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, reload)
     while not stopping and all(worker.is_alive() for worker in workers):
         time.sleep(0.1)
     for worker in workers:

@@ -23,11 +23,19 @@ def add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:
     return servicer
 
 
-class _CatalogReflectionServicer(ReflectionServicer):
+class CatalogReflectionServicer(ReflectionServicer):
     """Reflection that answers with the catalogue's original file protos, comments included."""
 
     def __init__(self, service_names: Iterable[str], catalog: DescriptorCatalog) -> None:
-        super().__init__(service_names, pool=catalog.pool)
+        super().__init__((), pool=catalog.pool)
+        self.serve(service_names, catalog)
+
+    def serve(self, service_names: Iterable[str], catalog: DescriptorCatalog) -> None:
+        """Describe ``service_names`` (and health and reflection) from ``catalog`` from now on."""
+        catalog.add_compiled(health_pb2.DESCRIPTOR)
+        catalog.add_compiled(reflection_pb2.DESCRIPTOR)
+        self._service_names = tuple(sorted({*service_names, reflection.SERVICE_NAME, HEALTH_SERVICE}))
+        self._pool = catalog.pool
         self._catalog = catalog
 
     def _file_by_filename(self, request: Any, filename: str) -> Any:
@@ -57,18 +65,14 @@ def add_reflection(
     server: grpc.aio.Server,
     service_names: Iterable[str],
     catalog: DescriptorCatalog | None = None,
-) -> None:
+) -> CatalogReflectionServicer:
     """Serve reflection for ``service_names`` under both ``v1alpha`` and ``v1``.
 
     grpcio-reflection only registers ``v1alpha``, but grpcurl and newer clients ask for ``v1``
     first. The two protocols are identical on the wire, so one servicer answers both names.
     ``catalog`` defaults to this project's own services.
     """
-    names = (*service_names, reflection.SERVICE_NAME, HEALTH_SERVICE)
-    catalog = catalog or builtin_catalog()
-    catalog.add_compiled(health_pb2.DESCRIPTOR)
-    catalog.add_compiled(reflection_pb2.DESCRIPTOR)
-    servicer = _CatalogReflectionServicer(names, catalog)
+    servicer = CatalogReflectionServicer(service_names, catalog or builtin_catalog())
     handlers = {
         "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
             servicer.ServerReflectionInfo,
@@ -79,3 +83,4 @@ def add_reflection(
     for name in (reflection.SERVICE_NAME, REFLECTION_V1):
         server.add_registered_method_handlers(name, handlers)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    return servicer
