@@ -77,7 +77,7 @@ class Gateway:
             *setup.security.interceptors(),
             RateLimitInterceptor(setup.policy, setup.routes),
         )
-        served = {path for path, service in self._local.items() if service == HEALTH_SERVICE or self._reflects}
+        served = {path for path, name in self._local.items() if name == HEALTH_SERVICE or self._reflects}
         return Pipeline(interceptors, ProxyTable(setup.routes, upstreams), frozenset(served))
 
     @staticmethod
