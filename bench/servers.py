@@ -163,5 +163,6 @@ def gateway(
     name: str, config: Path, port: int, cpu: int | None, env: Mapping[str, str], log_dir: Path
 ) -> Server:
     address = f"127.0.0.1:{port}"
-    args = ["-m", "gateway", "--config", str(config), "--listen", address, "--log-level", "WARNING"]
+    # Default settings, as users run it: the access log is on (INFO), written to the log file.
+    args = ["-m", "gateway", "--config", str(config), "--listen", address]
     return start_server(name, args, address, cpu, env, log_dir)

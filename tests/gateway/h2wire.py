@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -119,23 +120,7 @@ def exchange(
         sock.sendall(connection.data_to_send())
         if disconnect:
             return reply
-        done = False
-        while not done and time.monotonic() < deadline:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                break
-            if not chunk:
-                reply.closed = True
-                break
-            try:
-                events = connection.receive_data(chunk)
-            except h2.exceptions.ProtocolError:
-                reply.closed = True
-                break
-            for event in events:
-                done = _record(event, stream, reply) or done
-            sock.sendall(connection.data_to_send())
+        _read(sock, connection, deadline, reply, lambda event: _record(event, stream, reply))
     return reply
 
 
@@ -193,23 +178,41 @@ def flood(port: int, frames: int, *, headers: Headers | None = None, timeout: fl
         sock.sendall(connection.data_to_send())
         sock.settimeout(0.5)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                break  # quiet: the server answered what it would
-            except ConnectionResetError:
-                reply.closed = True
-                break
-            if not chunk:
-                reply.closed = True
-                break
-            try:
-                events = connection.receive_data(chunk)
-            except h2.exceptions.ProtocolError:
-                reply.closed = True
-                break
-            for event in events:
-                if isinstance(event, h2.events.ConnectionTerminated):
-                    reply.goaway_code = int(event.error_code or 0)
+        _read(sock, connection, deadline, reply, lambda event: _goaway(event, reply))
     return reply
+
+
+def _goaway(event: h2.events.Event, reply: Reply) -> bool:
+    if isinstance(event, h2.events.ConnectionTerminated):
+        reply.goaway_code = int(event.error_code or 0)
+    return False
+
+
+def _read(
+    sock: socket.socket,
+    connection: h2.connection.H2Connection,
+    deadline: float,
+    reply: Reply,
+    handle: Callable[[h2.events.Event], bool],
+) -> None:
+    """Feed what the server sends to ``handle`` until it returns True, the server closes or goes quiet."""
+    done = False
+    while not done and time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            return  # quiet: the server answered what it would
+        except ConnectionResetError:
+            reply.closed = True
+            return
+        if not chunk:
+            reply.closed = True
+            return
+        try:
+            events = connection.receive_data(chunk)
+        except h2.exceptions.ProtocolError:
+            reply.closed = True
+            return
+        for event in events:
+            done = handle(event) or done
+        sock.sendall(connection.data_to_send())
