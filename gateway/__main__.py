@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+# Before grpc is imported: network I/O on the threads that poll grpc's completion queues instead of
+# its event engine measured 17-20% less CPU per forwarded call here. An operator's own value wins.
+os.environ.setdefault(
+    "GRPC_EXPERIMENTS", "-event_engine_client,-event_engine_listener,-event_engine_for_all_other_endpoints"
+)
+
 import argparse
 import sys
 from pathlib import Path
