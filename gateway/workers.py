@@ -17,7 +17,7 @@ from types import FrameType
 
 from gateway.config import ConfigError, GatewayConfig
 from runtime.addresses import parse_host_port
-from runtime.serving import BindError
+from runtime.serving import BindError, stop_signal_flag
 
 
 def check_workers(config: GatewayConfig, count: int) -> None:
@@ -62,14 +62,7 @@ def supervise(count: int, listen: str, argv: list[str], worker_args: Sequence[li
     # Workers share the port with each other, so a port held by something else would go unnoticed.
     if not _port_is_free(listen):
         raise BindError(f"cannot listen on {listen}: the port is already in use")
-    stopping = False
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = stop_signal_flag()
     # spawn, not fork: grpc must not be forked once initialised.
     context = multiprocessing.get_context("spawn")
     extra = list(worker_args) or [[] for _ in range(count)]
@@ -86,7 +79,7 @@ def supervise(count: int, listen: str, argv: list[str], worker_args: Sequence[li
                 os.kill(worker.pid, signal.SIGHUP)
 
     signal.signal(signal.SIGHUP, reload)
-    while not stopping and all(worker.is_alive() for worker in workers):
+    while not stopping.is_set() and all(worker.is_alive() for worker in workers):
         time.sleep(0.1)
     for worker in workers:
         if worker.is_alive() and worker.pid is not None:
@@ -95,4 +88,4 @@ def supervise(count: int, listen: str, argv: list[str], worker_args: Sequence[li
         worker.join()
     # A worker stopped before it could install its own handler dies of our SIGTERM: that is a stop too.
     clean = all(worker.exitcode in (0, -signal.SIGTERM) for worker in workers)
-    return 0 if stopping and clean else 1
+    return 0 if stopping.is_set() and clean else 1

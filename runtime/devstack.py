@@ -10,9 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-from types import FrameType
 
 import grpc
+
+from runtime.serving import stop_signal_flag
 
 SERVICES = (("services.users", "127.0.0.1:50051"), ("services.recommendations", "127.0.0.1:50052"))
 STARTUP_SECONDS = 15.0
@@ -36,14 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="gateway config (default: the reference config)")
     args = parser.parse_args(argv)
 
-    stopping = False
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    stopping = stop_signal_flag()
 
     processes = []
     for module, address in SERVICES:
@@ -51,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         processes.append(process)
         if not _wait_ready(address, process):
             print(f"devstack: {module} did not start on {address}", file=sys.stderr)
-            stopping = True
+            stopping.set()
             break
-    if not stopping:
+    if not stopping.is_set():
         processes.append(_start("gateway", *(["--config", args.config] if args.config else [])))
 
-    while not stopping and all(process.poll() is None for process in processes):
+    while not stopping.is_set() and all(process.poll() is None for process in processes):
         time.sleep(0.2)
     for process in processes:
         if process.poll() is None:

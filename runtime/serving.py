@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -36,6 +37,14 @@ def listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCreden
     if port == 0 and not address.endswith(":0"):
         raise BindError(f"cannot listen on {address}")
     return int(port)
+
+
+def stop_signal_flag() -> threading.Event:
+    """For a process without an event loop (a supervisor): an Event set on SIGTERM or SIGINT."""
+    flag = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, frame: flag.set())
+    return flag
 
 
 async def wait_for_stop_signal() -> None:
