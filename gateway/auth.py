@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +22,11 @@ import grpc
 
 from gateway import callstate, observe
 from gateway.access import Client
+from gateway.callstate import Continuation
 from gateway.keys import key_digest
 from gateway.lockout import FailedAuthLockout
 from gateway.peers import peer_address
 from gateway.proxy import API_KEY_HEADER
-
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 
 @dataclass(frozen=True)

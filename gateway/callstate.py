@@ -6,9 +6,16 @@ of the same call, and every call runs in its own task, so values never leak betw
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from typing import Any
+
+import grpc
 
 Metadata = tuple[tuple[str, str | bytes], ...]
+# What an interceptor calls to get the next handler, and what a handler runs per call.
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 # The verified client name, set by the auth interceptor.
 client_name: ContextVar[str] = ContextVar("client_name", default="")

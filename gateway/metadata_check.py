@@ -9,13 +9,10 @@ header; ``-bin`` headers carry bytes and are never checked.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import grpc
 
+from gateway.callstate import Continuation
 from gateway.rejections import rejection
-
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 
 def unforwardable_header(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:

@@ -13,7 +13,7 @@ current().rate_limited(context, rule)`` just before they refuse a call, ``curren
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from gateway import callstate
 from gateway.accesslog import AccessLog, method_part
+from gateway.callstate import Continuation
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics, MethodMetrics, MetricsServer
 from gateway.requestid import HEADER, request_id_of
@@ -33,7 +34,6 @@ from runtime.introspection import REFLECTION_V1
 
 REFLECTION_V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 # Metric labels of every call to a method that is neither routed nor the gateway's own: a caller
 # must not be able to create series by inventing method names.

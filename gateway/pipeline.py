@@ -9,14 +9,12 @@ the configuration it started with.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
 
+from gateway.callstate import Continuation
 from gateway.proxy import ProxyTable
-
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 
 @dataclass(frozen=True)

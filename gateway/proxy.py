@@ -7,7 +7,6 @@ the upstream's initial metadata, messages, trailing metadata and status back, un
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -55,8 +54,6 @@ _CONNECTION_FAILURES = (
     "socket closed",
     "connection reset",
 )
-
-Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 def forwarded_metadata(context: grpc.aio.ServicerContext) -> Metadata:

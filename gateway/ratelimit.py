@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -20,15 +20,13 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from gateway import callstate, observe
+from gateway.callstate import Behavior, Continuation
 from gateway.limiter import MethodRule, RateLimitPolicy, StoreUnavailable, Subject, Verdict, describe_rate
 from gateway.peers import peer_address
 from gateway.proxy import API_KEY_HEADER
 from gateway.routes import MethodRoute, RouteTable
 
 log = logging.getLogger(__name__)
-
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
-Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 def _subject(method_rule: MethodRule, context: grpc.aio.ServicerContext, message: Message | None) -> Subject:
