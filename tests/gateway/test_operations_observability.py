@@ -106,9 +106,15 @@ async def test_metrics_count_known_traffic(setup: Setup) -> None:
         assert delta("grpc_gateway_auth_failures_total", reason="missing_key") == 1
         assert delta("grpc_gateway_auth_failures_total", reason="invalid_key") == 1
         assert delta("grpc_gateway_rate_limit_store_errors_total") == 0
-        after = gateway.scrape()
-        assert value(after, "grpc_gateway_upstream_healthy", service=USERS, upstream=setup.users) == 1
-        assert value(after, "process_cpu_seconds_total") > 0
+        # Health is checked in the background: a check slowed by a busy machine is retried next interval.
+        await wait_for(
+            lambda: (
+                value(gateway.scrape(), "grpc_gateway_upstream_healthy", service=USERS, upstream=setup.users)
+                == 1
+            ),
+            what="the users upstream reported healthy",
+        )
+        assert value(gateway.scrape(), "process_cpu_seconds_total") > 0
 
 
 async def test_calls_in_flight(setup: Setup) -> None:
