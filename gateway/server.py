@@ -102,8 +102,9 @@ class Gateway:
             self.metrics_port = self._observability.metrics_server.start()
         self.port = listen(self.server, self.setup.config.listen, self.setup.security.server_credentials)
         await self.server.start()
-        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        # Each route's status first: once the gateway says SERVING, every route's status is known.
         await self._monitor.check_all()
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._monitoring = asyncio.create_task(self._monitor.run())
 
     async def reload(self, setup: Setup) -> None:

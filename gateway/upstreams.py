@@ -15,6 +15,8 @@ from gateway.tls import UpstreamTransport, open_channel
 
 log = logging.getLogger(__name__)
 
+# Long enough for a busy upstream to answer; an upstream that cannot is not serving.
+CHECK_TIMEOUT = 1.0
 _SERVING: int = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -99,9 +101,8 @@ class HealthMonitor:
                 self._on_change(service, address, status == _SERVING)
 
     async def _ask(self, stub: health_pb2_grpc.HealthStub, service: str) -> int:
-        timeout = min(self._interval, 1.0)
         try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=CHECK_TIMEOUT)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND and service:
                 # The upstream reports only its overall health.
