@@ -79,7 +79,11 @@ async def test_round_robin_skips_a_down_address_and_takes_it_back(tmp_path: Path
         ):
             # grpc connects to both in the background; once both are up it takes them in turn.
             await _until_both_answer(channel, within=5)
-            assert await _served_by(channel, 20) == {"a": 10, "b": 10}
+            # In turn: an even split, give or take a pick made while one connection was being refreshed
+            # (seen 11/9 on a loaded machine).
+            served = await _served_by(channel, 20)
+            assert set(served) == {"a", "b"}
+            assert min(served.values()) >= 8, served
 
             await a_running.aclose()
             # "a" is down: every call goes to "b", and none fails.
