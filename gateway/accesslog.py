@@ -80,6 +80,8 @@ class AccessLog:
         self._owns_fd = False
         self._pending: list[str] = []
         self._flush_timer: asyncio.TimerHandle | None = None
+        # Set by an owner without an event loop (gateway/core.py), which calls flush() on its own beat.
+        self.owner_flushes = False
         self._failed = False
         self._clock = _Clock()
         if not self.enabled:
@@ -117,7 +119,7 @@ class AccessLog:
         )
         if len(self._pending) >= MAX_PENDING_LINES:
             self.flush()
-        elif self._flush_timer is None:
+        elif self._flush_timer is None and not self.owner_flushes:
             try:
                 self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
             except RuntimeError:  # no event loop (a test, say): at once

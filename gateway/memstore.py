@@ -68,18 +68,32 @@ class BoundedMemoryStorage(MemoryStorage):
             index = self._indexes[lifetime] = _ExpiryIndex()
         index.touch(key, deadline)
         if self._sweeper is None or self._sweeper.done():
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # a thread without an event loop (gateway/core.py) calls sweep() itself
+            self._sweeper = loop.create_task(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:
         while self._indexes:
             await asyncio.sleep(SWEEP_INTERVAL)
-            for lifetime, index in list(self._indexes.items()):
-                while expired := index.pop_expired(time.time(), SWEEP_BATCH):
-                    for key in expired:
-                        self._drop(key)
-                    await asyncio.sleep(0)
-                if not index.deadlines:
-                    del self._indexes[lifetime]
+            swept = SWEEP_BATCH
+            while swept == SWEEP_BATCH:
+                swept = self.sweep(SWEEP_BATCH)
+                await asyncio.sleep(0)  # other calls run between batches
+
+    def sweep(self, limit: int) -> int:
+        """Drop up to ``limit`` expired keys now; how many were dropped."""
+        dropped = 0
+        for lifetime, index in list(self._indexes.items()):
+            for key in index.pop_expired(time.time(), limit - dropped):
+                self._drop(key)
+                dropped += 1
+            if not index.deadlines:
+                del self._indexes[lifetime]
+            if dropped >= limit:
+                break
+        return dropped
 
     def _drop(self, key: str) -> None:
         self.storage.pop(key, None)

@@ -59,11 +59,14 @@ class CallRecord:
 
         Counts the refusal and sends the request id in the initial metadata, as every reply has it.
         """
+        self.count_rate_limited(rule)
+        if self.request_id:  # else not an observed call
+            await context.send_initial_metadata(((HEADER, self.request_id),))
+
+    def count_rate_limited(self, rule: str) -> None:
         self.rate_limit = "refused"
         if self._metrics is not None:
             self._metrics.rate_limited(rule)
-        if self.request_id:  # else not an observed call
-            await context.send_initial_metadata(((HEADER, self.request_id),))
 
     def store_error(self) -> None:
         """The rate-limit store failed or was too slow for this call."""
@@ -76,10 +79,13 @@ class CallRecord:
 
         Counts the refusal and sends the request id in the initial metadata, as every reply has it.
         """
-        if self._metrics is not None:
-            self._metrics.auth_failed(reason)
+        self.count_auth_failure(reason)
         if self.request_id:  # else not an observed call
             await context.send_initial_metadata(((HEADER, self.request_id),))
+
+    def count_auth_failure(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.auth_failed(reason)
 
 
 _current: ContextVar[CallRecord | None] = ContextVar("call_record", default=None)
@@ -93,7 +99,7 @@ def current() -> CallRecord:
     return _current.get() or _DETACHED
 
 
-class _MethodObserver:
+class MethodObserver:
     """Counts and logs the calls of one method; built once per method."""
 
     def __init__(
@@ -118,7 +124,7 @@ class _MethodObserver:
         return time.perf_counter()
 
     def finish(self, context: grpc.aio.ServicerContext, started: float, error: BaseException | None) -> None:
-        self._end(context, started, error, self._method_part)
+        self._end_in_context(context, started, error, self._method_part)
 
     def finish_unrouted(
         self, path: str
@@ -126,35 +132,37 @@ class _MethodObserver:
         """``finish`` for a call to a path no route knows: logged with the path it asked for."""
 
         def finish(context: grpc.aio.ServicerContext, started: float, error: BaseException | None) -> None:
-            self._end(context, started, error, method_part(path, None))
+            self._end_in_context(context, started, error, method_part(path, None))
 
         return finish
 
-    def _end(
+    def _end_in_context(
         self,
         context: grpc.aio.ServicerContext,
         started: float,
         error: BaseException | None,
         method: str,
     ) -> None:
+        record = current()
+        client = callstate.client_name.get() or None
+        self.ended(final_code(context, error), started, context.peer, client, record, method)
+
+    def ended(
+        self,
+        code: grpc.StatusCode,
+        started: float,
+        peer: Callable[[], str],
+        client: str | None,
+        record: CallRecord,
+        method: str | None = None,
+    ) -> None:
+        """The call that ``start()`` returned ``started`` for ended with ``code``; ``method``: as logged."""
         seconds = time.perf_counter() - started
-        code = final_code(context, error)
         if self._metrics is not None and self._in_flight is not None:
             self._in_flight(-1)
             self._metrics.finished(code, seconds)
-        if self._log is not None:
-            self._write(self._log, context, code, seconds, method)
-
-    def _write(
-        self,
-        log: AccessLog,
-        context: grpc.aio.ServicerContext,
-        code: grpc.StatusCode,
-        seconds: float,
-        method: str,
-    ) -> None:
-        record = current()
-        client = callstate.client_name.get() or None
+        if self._log is None:
+            return
         outcome = record.rate_limit
         if outcome is None:
             if not self._limited:
@@ -162,11 +170,13 @@ class _MethodObserver:
             elif client is not None:
                 outcome = "allowed"
             # else: refused by auth before the limiter saw it (null)
-        log.write(record.request_id, context.peer(), client, method, code.name, seconds, outcome)
+        self._log.write(
+            record.request_id, peer(), client, method or self._method_part, code.name, seconds, outcome
+        )
 
 
-class ObservingInterceptor(grpc.aio.ServerInterceptor):
-    """The first interceptor: request id, metrics and access log for every call.
+class CallObservers:
+    """The observer of every method the gateway answers, and one for all other paths.
 
     ``metrics`` None: no metrics are kept (no --metrics-listen). ``access_log`` None or disabled: no lines.
     ``local_methods`` are the paths the gateway answers itself (health, reflection).
@@ -180,23 +190,34 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         metrics: GatewayMetrics | None,
         access_log: AccessLog | None,
     ) -> None:
-        self._metrics = metrics
+        self.metrics = metrics
         log = access_log if access_log is not None and access_log.enabled else None
         in_flight = metrics.in_flight.inc if metrics is not None else None
 
-        def observer(path: str, service: str, upstream: str | None, is_limited: bool) -> _MethodObserver:
+        def observer(path: str, service: str, upstream: str | None, is_limited: bool) -> MethodObserver:
             method = path.rsplit("/", 1)[-1]
             bound = metrics.for_method(service, method) if metrics is not None else None
-            return _MethodObserver(path, upstream, is_limited, bound, in_flight, log)
+            return MethodObserver(path, upstream, is_limited, bound, in_flight, log)
 
-        self._methods = {
+        self.methods = {
             path: observer(path, route.service, route.upstream, limited(path))
             for path, route in routes.methods.items()
         }
         for path, service in local_methods.items():
-            self._methods[path] = observer(path, service, None, False)
-        self._unrouted = observer(f"/{UNROUTED}/{UNROUTED}", UNROUTED, None, False)
-        self._enabled = metrics is not None or log is not None
+            self.methods[path] = observer(path, service, None, False)
+        self.unrouted = observer(f"/{UNROUTED}/{UNROUTED}", UNROUTED, None, False)
+        self.enabled = metrics is not None or log is not None
+
+
+class ObservingInterceptor(grpc.aio.ServerInterceptor):
+    """The first interceptor: request id, metrics and access log for every call."""
+
+    def __init__(self, observers: CallObservers) -> None:
+        self._observers = observers
+        self._metrics = observers.metrics
+        self._methods = observers.methods
+        self._unrouted = observers.unrouted
+        self._enabled = observers.enabled
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails

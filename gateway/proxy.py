@@ -56,18 +56,39 @@ _CONNECTION_FAILURES = (
 )
 
 
+def forwarded(metadata: Metadata | None, client: str, request_id: str) -> Metadata:
+    """The caller's ``metadata`` as the upstream should see it."""
+    kept = tuple(
+        (key, value) for key, value in metadata or () if key not in _NOT_FORWARDED and not key.startswith(":")
+    )
+    return (*kept, (CLIENT_ID_HEADER, client), (REQUEST_ID_HEADER, request_id))
+
+
 def forwarded_metadata(context: grpc.aio.ServicerContext) -> Metadata:
     """The caller's metadata as the upstream should see it."""
-    kept = tuple(
-        (key, value)
-        for key, value in context.invocation_metadata() or ()
-        if key not in _NOT_FORWARDED and not key.startswith(":")
-    )
-    return (
-        *kept,
-        (CLIENT_ID_HEADER, callstate.client_name.get()),
-        (REQUEST_ID_HEADER, callstate.request_id.get()),
-    )
+    return forwarded(context.invocation_metadata(), callstate.client_name.get(), callstate.request_id.get())
+
+
+def unavailable_message(
+    route: MethodRoute, code: grpc.StatusCode, details: str, trailers: Metadata | None
+) -> str | None:
+    """The gateway's words for a call that failed because no connection to the upstream could be
+    made; None for any other failure, which is passed on as the upstream or grpc reported it."""
+    if code != grpc.StatusCode.UNAVAILABLE or trailers:
+        return None
+    lowered = details.lower()
+    if any(words in lowered for words in _CONNECTION_FAILURES):
+        return f"upstream {route.upstream} for {route.service} is unavailable: {details}"
+    return None
+
+
+def unrouted_message(routes: RouteTable, path: str) -> str:
+    """Why no route or local service takes a call to ``path`` (its status is UNIMPLEMENTED)."""
+    service, _, method = path.lstrip("/").partition("/")
+    if service in routes.upstream_of:
+        known = ", ".join(sorted(routes.method_names(service)))
+        return f"method {method} is not a method of {service} (it has: {known})"
+    return f"service {service} is not routed by this gateway"
 
 
 class _Forwarder:
@@ -137,15 +158,11 @@ class _Forwarder:
         self, context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, headers_sent: bool
     ) -> None:
         details = error.details() or ""
-        if error.code() == grpc.StatusCode.UNAVAILABLE and not error.trailing_metadata():
-            lowered = details.lower()
-            if any(words in lowered for words in _CONNECTION_FAILURES):
-                if not headers_sent:
-                    await self._send_headers(context, None)
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"upstream {self.route.upstream} for {self.route.service} is unavailable: {details}",
-                )
+        unavailable = unavailable_message(self.route, error.code(), details, error.trailing_metadata())
+        if unavailable is not None:
+            if not headers_sent:
+                await self._send_headers(context, None)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, unavailable)
         if not headers_sent:
             await self._send_headers(context, error.initial_metadata())
         # Code and details unchanged, trailers (and grpc-status-details-bin in them) as they came.
@@ -167,14 +184,7 @@ class ProxyTable:
 
     def unrouted(self, path: str) -> grpc.RpcMethodHandler:
         """The answer to a call that no route or local service takes, saying why."""
-        service, _, method = path.lstrip("/").partition("/")
-        if service in self._routes.upstream_of:
-            known = ", ".join(sorted(self._routes.method_names(service)))
-            return rejection(
-                grpc.StatusCode.UNIMPLEMENTED,
-                f"method {method} is not a method of {service} (it has: {known})",
-            )
-        return rejection(grpc.StatusCode.UNIMPLEMENTED, f"service {service} is not routed by this gateway")
+        return rejection(grpc.StatusCode.UNIMPLEMENTED, unrouted_message(self._routes, path))
 
 
 def _method_handler(forwarder: _Forwarder, route: MethodRoute) -> grpc.RpcMethodHandler:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -20,7 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from gateway import callstate, observe
-from gateway.callstate import Behavior, Continuation
+from gateway.callstate import Behavior, Continuation, Metadata
 from gateway.limiter import MethodRule, RateLimitPolicy, StoreUnavailable, Subject, Verdict, describe_rate
 from gateway.peers import peer_address
 from gateway.proxy import API_KEY_HEADER
@@ -29,13 +30,13 @@ from gateway.routes import MethodRoute, RouteTable
 log = logging.getLogger(__name__)
 
 
-def _subject(method_rule: MethodRule, context: grpc.aio.ServicerContext, message: Message | None) -> Subject:
+def _subject(method_rule: MethodRule, call: CallFacts, message: Message | None, client: str) -> Subject:
     key = method_rule.rule.key
     if key.kind == "peer":
-        host = peer_address(context.peer())
+        host = peer_address(call.peer())
         return Subject(f"peer={host}", f"peer {host}")
     if key.kind == "metadata":
-        for name, value in context.invocation_metadata() or ():
+        for name, value in call.metadata or ():
             if name == key.name and name != API_KEY_HEADER:
                 return Subject(f"{name}={value!s}", f"{name} {value!s}")
     field = method_rule.field
@@ -44,8 +45,28 @@ def _subject(method_rule: MethodRule, context: grpc.aio.ServicerContext, message
         is_set = message.HasField(field.name) if field.has_presence else value != field.default_value
         if is_set:
             return Subject(f"{field.name}={value}", f"{field.name} {value}")
-    client = callstate.client_name.get()
     return Subject(f"client={client}", f"client {client}")
+
+
+@dataclass(frozen=True)
+class CallFacts:
+    """What the limiter may key a budget by, whichever engine carries the call."""
+
+    metadata: Metadata | None
+    peer: Callable[[], str]  # grpc's peer string; asked for only by rules keyed by peer
+    client: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The limiter's answer for one call: reply headers to add, or the status to refuse it with."""
+
+    headers: Metadata = ()
+    code: grpc.StatusCode | None = None  # None: admitted
+    message: str = ""
+    trailers: Metadata = ()
+    refused_by: str | None = None  # the rule whose budget was spent out
+    store_error: bool = False
 
 
 def _headers(verdict: Verdict) -> callstate.Metadata:
@@ -101,7 +122,7 @@ class _StoreFailureLog:
             self._unlogged = 0
 
 
-class _MethodGuard:
+class MethodGuard:
     """Admits or refuses the calls of one method; built once per method."""
 
     def __init__(self, route: MethodRoute, policy: RateLimitPolicy, failures: _StoreFailureLog) -> None:
@@ -112,6 +133,11 @@ class _MethodGuard:
         self._rules = rules
         self._decode = any(rule.field is not None for rule in rules)
         self._cache: tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler] | None = None
+
+    @property
+    def reads_request(self) -> bool:
+        """Whether a rule is keyed by a request field: the (first) request is needed to decide."""
+        return self._decode
 
     def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if self._cache is not None and self._cache[0] is handler:
@@ -150,34 +176,54 @@ class _MethodGuard:
         return guarded_by_first
 
     async def _admit(self, context: grpc.aio.ServicerContext, raw: bytes | None) -> None:
+        facts = CallFacts(context.invocation_metadata(), context.peer, callstate.client_name.get())
+        decision = await self.decide(facts, raw)
+        if decision.store_error:
+            observe.current().store_error()
+        if decision.refused_by is not None:
+            await observe.current().rate_limited(context, decision.refused_by)
+        if decision.code is not None:
+            await context.abort(decision.code, decision.message, decision.trailers)
+        callstate.reply_headers.set(decision.headers)
+
+    async def decide(self, call: CallFacts, raw: bytes | None) -> Decision:
+        """Spend the call's budget; ``raw`` is its (first) request, decoded only if a rule needs it.
+
+        With memory storage this never suspends, so an engine without an event loop may run it
+        to completion with one ``send(None)`` (see gateway/core.py).
+        """
         message = None
         if self._decode and raw is not None:
             try:
                 message = self._route.request_type.FromString(raw)
             except DecodeError:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"the request is not a valid {self._route.request_type.DESCRIPTOR.full_name} message",
+                expected = self._route.request_type.DESCRIPTOR.full_name
+                return Decision(
+                    code=grpc.StatusCode.INVALID_ARGUMENT,
+                    message=f"the request is not a valid {expected} message",
                 )
-        subjects = tuple((rule, _subject(rule, context, message)) for rule in self._rules)
+        subjects = tuple((rule, _subject(rule, call, message, call.client)) for rule in self._rules)
         try:
-            verdicts = await self._policy.spend(subjects, callstate.client_name.get())
+            verdicts = await self._policy.spend(subjects, call.client)
         except StoreUnavailable as error:
             self._failures.report(error)
-            observe.current().store_error()
             if self._policy.fail_open:
-                return
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "rate-limit store unavailable")
+                return Decision(store_error=True)
+            return Decision(
+                code=grpc.StatusCode.UNAVAILABLE, message="rate-limit store unavailable", store_error=True
+            )
         last = verdicts[-1]
         if not last.allowed:
             retry_after = max(1, math.ceil(last.reset_after))
             rate = describe_rate(last.item)
             text = f"rate limit exceeded for {last.subject}: {rate}, retry in {retry_after} s"
-            await observe.current().rate_limited(context, last.rule.name)
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, text, _refusal_trailers(last, text, retry_after)
+            return Decision(
+                code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+                message=text,
+                trailers=_refusal_trailers(last, text, retry_after),
+                refused_by=last.rule.name,
             )
-        callstate.reply_headers.set(_headers(min(verdicts, key=lambda v: v.remaining)))
+        return Decision(headers=_headers(min(verdicts, key=lambda v: v.remaining)))
 
 
 async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -188,16 +234,21 @@ async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIter
         yield item
 
 
+def method_guards(policy: RateLimitPolicy, routes: RouteTable) -> dict[str, MethodGuard]:
+    """The guard of every routed method that some rule covers, by path."""
+    failures = _StoreFailureLog(policy.fail_open)
+    return {
+        path: MethodGuard(route, policy, failures)
+        for path, route in routes.methods.items()
+        if policy.rules_for(path)
+    }
+
+
 class RateLimitInterceptor(grpc.aio.ServerInterceptor):
     """Spends and checks rate-limit budget for every routed call that some rule covers."""
 
     def __init__(self, policy: RateLimitPolicy, routes: RouteTable) -> None:
-        failures = _StoreFailureLog(policy.fail_open)
-        self._guards = {
-            path: _MethodGuard(route, policy, failures)
-            for path, route in routes.methods.items()
-            if policy.rules_for(path)
-        }
+        self._guards = method_guards(policy, routes)
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails

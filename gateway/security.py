@@ -13,7 +13,7 @@ import grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.access import Client, load_clients
-from gateway.auth import AuthInterceptor
+from gateway.auth import Authenticator, AuthInterceptor
 from gateway.config import GatewayConfig, Limits
 from gateway.lockout import FailedAuthLockout
 from gateway.metadata_check import MetadataCheckInterceptor
@@ -60,13 +60,14 @@ class Security:
     # By upstream address; an upstream not here is reached in plaintext.
     upstream_transports: dict[str, UpstreamTransport] = field(default_factory=dict)
 
+    def authenticator(self) -> Authenticator:
+        """The key checks, with a lockout of their own (a reload starts it afresh)."""
+        lockout = FailedAuthLockout(self.config.auth.max_failures, self.config.auth.failure_window)
+        return Authenticator(self.clients, public_services(self.config), lockout)
+
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         """The checks that come before rate limiting, in order. Build inside the running event loop."""
-        lockout = FailedAuthLockout(self.config.auth.max_failures, self.config.auth.failure_window)
-        return [
-            MetadataCheckInterceptor(),
-            AuthInterceptor(self.clients, public_services(self.config), lockout),
-        ]
+        return [MetadataCheckInterceptor(), AuthInterceptor(self.authenticator())]
 
     @property
     def server_options(self) -> list[tuple[str, int]]:

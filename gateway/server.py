@@ -12,7 +12,13 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 
 from gateway.config import ConfigError
-from gateway.observe import Observability, ObservingInterceptor, load_observability, local_methods
+from gateway.observe import (
+    CallObservers,
+    Observability,
+    ObservingInterceptor,
+    load_observability,
+    local_methods,
+)
 from gateway.pipeline import Pipeline, Switchboard
 from gateway.proxy import ProxyTable
 from gateway.ratelimit import RateLimitInterceptor
@@ -63,13 +69,7 @@ class Gateway:
         self.metrics_port = 0
 
     def _pipeline(self, setup: Setup, upstreams: Upstreams) -> Pipeline:
-        observing = ObservingInterceptor(
-            setup.routes,
-            lambda path: bool(setup.policy.rules_for(path)),
-            self._local,
-            self._observability.metrics,
-            self._observability.access_log,
-        )
+        observing = ObservingInterceptor(self._observers(setup))
         # Observing first, to see every call however it ends; then the metadata check and auth:
         # a call without a valid key never spends budget.
         interceptors = (
@@ -79,6 +79,15 @@ class Gateway:
         )
         served = {path for path, name in self._local.items() if name == HEALTH_SERVICE or self._reflects}
         return Pipeline(interceptors, ProxyTable(setup.routes, upstreams), frozenset(served))
+
+    def _observers(self, setup: Setup) -> CallObservers:
+        return CallObservers(
+            setup.routes,
+            lambda path: bool(setup.policy.rules_for(path)),
+            self._local,
+            self._observability.metrics,
+            self._observability.access_log,
+        )
 
     @staticmethod
     def _catalog(setup: Setup) -> DescriptorCatalog:
