@@ -35,6 +35,8 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+	# The gateway's behaviour once more on its other engine, grpc.aio (the config's engine = "aio").
+	$(BIN)/python -m pytest tests/gateway --gateway-engine aio
 
 lint: install
 	$(BIN)/ruff check .

@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
         help="TOML config file (default: the reference config)",
     )
     parser.add_argument("--listen", type=_address, help="HOST:PORT to listen on, overriding the config")
+    parser.add_argument(
+        "--engine", choices=["core", "aio"], help="what carries the calls, overriding the config's engine"
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument(
         "--metrics-listen",
@@ -92,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     jsonlog.configure(args.log_level)
     overrides = {
         name: value
-        for name, value in (("listen", args.listen), ("metrics_listen", args.metrics_listen))
+        for name, value in (
+            ("listen", args.listen),
+            ("metrics_listen", args.metrics_listen),
+            ("engine", args.engine),
+        )
         if value is not None
     }
     try:

@@ -354,6 +354,9 @@ class UpstreamKeepalive(_Strict):
 
 class GatewayConfig(_Strict):
     listen: Address = "127.0.0.1:50050"
+    # What carries the calls: "core" (grpcio's core layer, gateway/core.py; about half the CPU per
+    # call) or "aio" (grpc.aio's public API). Same decisions, same replies; --engine overrides.
+    engine: Literal["core", "aio"] = "core"
     # FileDescriptorSet files (protoc --include_imports --descriptor_set_out) for services from
     # outside this repository; this project's own services are always known.
     descriptor_sets: tuple[Path, ...] = ()

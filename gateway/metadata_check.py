@@ -23,6 +23,12 @@ def unforwardable_header(metadata: tuple[tuple[str, str | bytes], ...] | None) -
     return None
 
 
+def unforwardable_message(name: str) -> str:
+    """The refusal of a call whose header ``name`` cannot be forwarded (INVALID_ARGUMENT)."""
+    # The value is not echoed: it may be a credential, and it is unprintable anyway.
+    return f"metadata {name} has a value that is not printable ASCII; send binary values in a -bin header"
+
+
 class MetadataCheckInterceptor(grpc.aio.ServerInterceptor):
     """INVALID_ARGUMENT for a call with a text header gRPC cannot carry on to an upstream."""
 
@@ -32,8 +38,4 @@ class MetadataCheckInterceptor(grpc.aio.ServerInterceptor):
         name = unforwardable_header(handler_call_details.invocation_metadata)
         if name is None:
             return await continuation(handler_call_details)
-        # The value is not echoed: it may be a credential, and it is unprintable anyway.
-        return rejection(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"metadata {name} has a value that is not printable ASCII; send binary values in a -bin header",
-        )
+        return rejection(grpc.StatusCode.INVALID_ARGUMENT, unforwardable_message(name))

@@ -192,6 +192,7 @@ class CallObservers:
     ) -> None:
         self.metrics = metrics
         log = access_log if access_log is not None and access_log.enabled else None
+        self.access_log = log
         in_flight = metrics.in_flight.inc if metrics is not None else None
 
         def observer(path: str, service: str, upstream: str | None, is_limited: bool) -> MethodObserver:
@@ -256,6 +257,17 @@ def local_methods() -> dict[str, str]:
         }
     )
     return methods
+
+
+def local_method_kinds() -> dict[str, tuple[bool, bool]]:
+    """The gateway's own paths -> whether each streams requests, and replies."""
+    kinds: dict[str, tuple[bool, bool]] = {}
+    for service in (health_pb2.DESCRIPTOR.services_by_name["Health"], *_reflection_services()):
+        for method in service.methods:
+            kind = (method.client_streaming, method.server_streaming)
+            kinds[f"/{service.full_name}/{method.name}"] = kind
+            kinds[f"/{service.full_name.replace(REFLECTION_V1ALPHA, REFLECTION_V1)}/{method.name}"] = kind
+    return kinds
 
 
 def _reflection_services() -> list[ServiceDescriptor]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable
 
 import grpc
@@ -12,16 +14,18 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 
 from gateway.config import ConfigError
+from gateway.core import CoreServer, Plan, UpstreamChannel, build_plan, open_channels
 from gateway.observe import (
     CallObservers,
     Observability,
     ObservingInterceptor,
     load_observability,
+    local_method_kinds,
     local_methods,
 )
 from gateway.pipeline import Pipeline, Switchboard
 from gateway.proxy import ProxyTable
-from gateway.ratelimit import RateLimitInterceptor
+from gateway.ratelimit import RateLimitInterceptor, method_guards
 from gateway.setup import Setup
 from gateway.upstreams import HealthMonitor, Upstreams
 from runtime.descriptors import DescriptorCatalog
@@ -31,7 +35,7 @@ from runtime.serving import listen, wait_for_stop_signal
 log = logging.getLogger("gateway")
 
 # What only a restart can change: the listener and what the process set up once.
-RESTART_ONLY = ("listen", "tls", "limits", "metrics_listen", "access_log", "reflection")
+RESTART_ONLY = ("listen", "engine", "tls", "limits", "metrics_listen", "access_log", "reflection")
 
 
 def _upstreams(setup: Setup) -> Upstreams:
@@ -54,17 +58,23 @@ class Gateway:
             config.routes, config.upstream_keepalive, setup.security.upstream_transports
         )
         self._switchboard = Switchboard(self._pipeline(setup, self._upstreams))
-        self.server = grpc.aio.server(
-            interceptors=[self._switchboard],
-            # Off unless asked (--workers): a second gateway could otherwise bind the port unnoticed.
-            options=[("grpc.so_reuseport", int(reuse_port)), *setup.security.server_options],
-        )
+        # Off unless asked (--workers): a second gateway could otherwise bind the port unnoticed.
+        self._server_options = [("grpc.so_reuseport", int(reuse_port)), *setup.security.server_options]
+        self._core: CoreServer | None = None
+        self._local_folder: str | None = None
+        if config.engine == "core":
+            # The aio server serves only health and reflection, on a private socket, behind the core.
+            self.server = grpc.aio.server()
+            self._observability.access_log.owner_flushes = True
+        else:
+            self.server = grpc.aio.server(interceptors=[self._switchboard], options=self._server_options)
         self._health = add_health(self.server)
         self._reflection = None
         if config.reflection.enabled:
             self._reflection = add_reflection(self.server, setup.routes.upstream_of, self._catalog(setup))
         self._monitor = self._health_monitor(setup, self._upstreams)
         self._monitoring: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()  # channels of earlier configs, closed later
         self.port = 0
         self.metrics_port = 0
 
@@ -77,8 +87,12 @@ class Gateway:
             *setup.security.interceptors(),
             RateLimitInterceptor(setup.policy, setup.routes),
         )
-        served = {path for path, name in self._local.items() if name == HEALTH_SERVICE or self._reflects}
-        return Pipeline(interceptors, ProxyTable(setup.routes, upstreams), frozenset(served))
+        return Pipeline(interceptors, ProxyTable(setup.routes, upstreams), self._served_locally())
+
+    def _served_locally(self) -> frozenset[str]:
+        return frozenset(
+            path for path, name in self._local.items() if name == HEALTH_SERVICE or self._reflects
+        )
 
     def _observers(self, setup: Setup) -> CallObservers:
         return CallObservers(
@@ -105,12 +119,45 @@ class Gateway:
             on_change=None if metrics is None else metrics.upstream_health,
         )
 
+    def _core_plan(self, setup: Setup) -> Plan:
+        assert self._local_folder is not None
+        local_channel = UpstreamChannel("local", f"unix:{self._local_folder}/local.sock", ())
+        served = self._served_locally()
+        return build_plan(
+            setup.routes,
+            open_channels(
+                setup.config.routes, setup.config.upstream_keepalive, setup.security.upstream_transports
+            ),
+            {path: kind for path, kind in local_method_kinds().items() if path in served},
+            local_channel,
+            method_guards(setup.policy, setup.routes),
+            setup.security.authenticator(),
+            self._observers(setup),
+            setup.policy.storage,
+            asyncio.get_running_loop(),
+        )
+
     async def start(self) -> None:
         """Listen, then report health: overall SERVING, each route as its upstream reports."""
         if self._observability.metrics_server is not None:
             self.metrics_port = self._observability.metrics_server.start()
-        self.port = listen(self.server, self.setup.config.listen, self.setup.security.server_credentials)
-        await self.server.start()
+        config = self.setup.config
+        if config.engine == "core":
+            # A folder of this process's own (mode 0700): no other user can reach the socket.
+            self._local_folder = tempfile.mkdtemp(prefix="grpc-gateway-")
+            self.server.add_insecure_port(f"unix:{self._local_folder}/local.sock")
+            await self.server.start()
+            self._core = CoreServer(
+                self._core_plan(self.setup),
+                config.listen,
+                self.setup.security.server_credentials,
+                self._server_options,
+            )
+            self.port = self._core.port
+            self._core.start()
+        else:
+            self.port = listen(self.server, config.listen, self.setup.security.server_credentials)
+            await self.server.start()
         # Each route's status first: once the gateway says SERVING, every route's status is known.
         await self._monitor.check_all()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -128,6 +175,9 @@ class Gateway:
         await monitor.check_all()
         previous_upstreams, previous_setup = self._upstreams, self.setup
         self._switchboard.pipeline = self._pipeline(setup, upstreams)
+        previous_plan = None
+        if self._core is not None:
+            previous_plan, self._core.plan = self._core.plan, self._core_plan(setup)
         self.setup, self._upstreams = setup, upstreams
         if self._reflection is not None:
             self._reflection.serve(setup.routes.upstream_of, self._catalog(setup))
@@ -137,17 +187,30 @@ class Gateway:
             self._monitoring.cancel()
         self._monitor = monitor
         self._monitoring = asyncio.create_task(monitor.run())
+
         # Calls in flight still use the old channels: close them once they have had time to end.
-        asyncio.get_running_loop().call_later(
-            setup.config.shutdown_grace + 1, lambda: asyncio.ensure_future(previous_upstreams.close())
-        )
+        async def close_previous() -> None:
+            await asyncio.sleep(setup.config.shutdown_grace + 1)
+            await previous_upstreams.close()
+            if previous_plan is not None:
+                previous_plan.close()
+
+        closing = asyncio.create_task(close_previous())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     async def stop(self, grace: float) -> None:
         """Turn health to NOT_SERVING, stop accepting calls, let in-flight calls finish within ``grace``."""
         await self._health.enter_graceful_shutdown()
         if self._monitoring is not None:
             self._monitoring.cancel()
-        await self.server.stop(grace)
+        if self._core is not None:
+            await asyncio.to_thread(self._core.stop, grace)
+            self._core.plan.close()
+            await self.server.stop(0)
+            shutil.rmtree(str(self._local_folder), ignore_errors=True)
+        else:
+            await self.server.stop(grace)
         await self._upstreams.close()
         await self._observability.close()
 

