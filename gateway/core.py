@@ -23,7 +23,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,30 +73,67 @@ def _run_inline(coroutine: Coroutine[Any, Any, Decision]) -> Decision:
 
 
 class UpstreamChannel:
-    """One cygrpc channel and the thread that runs the completions of its calls."""
+    """One cygrpc channel and the thread that runs the completions of its calls.
+
+    The thread waits on the channel's queue only while some operation is under way: a thread
+    blocked on a grpc queue takes turns at grpc's network polling even when it has nothing to
+    do, and hands each turn's work on with a wake-up, which costs the busy threads CPU.
+    """
 
     def __init__(
         self, name: str, target: str, options: Sequence[tuple[str, Any]], credentials: Any = None
     ) -> None:
         self._channel = cygrpc.Channel(target.encode(), tuple(options), credentials)
+        self._outstanding = 0  # operation batches started and not yet completed
+        self._closed = False
+        self._work = threading.Condition()
         self._thread = threading.Thread(target=self._poll, name=f"core-channel {name}", daemon=True)
         self._thread.start()
 
+    # Batches are counted under the lock they are started under, so the thread never sees a count
+    # that no batch backs: once closed with nothing under way, the channel's queue is gone.
+
     def start(self, method: bytes, deadline: float | None, metadata: Metadata, batches: Any) -> Any:
         """Start a call with ``batches``: (operations, handler of their completion) pairs."""
-        return self._channel.integrated_call(
-            _NO_FLAGS, method, None, deadline, metadata, None, batches, None, None
-        )
+        with self._work:
+            call = self._channel.integrated_call(
+                _NO_FLAGS, method, None, deadline, metadata, None, batches, None, None
+            )
+            self._started(len(batches))
+        return call
+
+    def operate(self, call: Any, operations: Any, handler: Callable[[Any], None]) -> bool:
+        """Start another batch on ``call``; False when the call is over and took none."""
+        with self._work:
+            if not call.operate(operations, handler):
+                return False
+            self._started(1)
+        return True
+
+    def _started(self, batches: int) -> None:
+        self._outstanding += batches
+        if self._outstanding == batches:
+            self._work.notify()
 
     def _poll(self) -> None:
         while True:
+            with self._work:
+                while self._outstanding == 0 and not self._closed:
+                    self._work.wait()
+                if self._outstanding == 0:
+                    return  # closed, and nothing left to complete
             event = self._channel.next_call_event()
             if event.completion_type == cygrpc.CompletionType.operation_complete:
                 _handle(event)
+                with self._work:
+                    self._outstanding -= 1
             elif event.completion_type == cygrpc.CompletionType.queue_shutdown:
                 return
 
     def close(self) -> None:
+        with self._work:
+            self._closed = True
+            self._work.notify()
         self._channel.close(cygrpc.StatusCode.unavailable, "the gateway closed this upstream channel")
 
 
@@ -259,19 +296,22 @@ class _Call:
     __slots__ = (
         "_caller_done",
         "_client",
-        "_down_done",
-        "_finish_lock",
         "_finished",
         "_headers",
+        "_lock",
         "_method",
         "_observer",
         "_path",
         "_plan",
+        "_reading",
         "_record",
+        "_replies_ended",
+        "_sending",
         "_sent_code",
         "_started",
         "_status",
         "_upstream",
+        "_waiting",
         "call",
         "deadline",
         "metadata",
@@ -291,11 +331,19 @@ class _Call:
         self._upstream: Any = None
         self._sent_code = grpc.StatusCode.OK
         self._caller_done = False  # cancelled by the caller, or out of time
-        self._status: Any = None
-        self._down_done = False
+        # A streamed reply's state, shared by the listener's and the channel's threads.
+        self._lock = threading.Lock()
+        self._status: Any = None  # the upstream's, once received
+        self._reading = False  # a read from the upstream is under way
+        self._sending = False  # a send to the caller is under way
+        self._waiting: bytes | None = None  # read, waiting for the send before it
+        self._replies_ended = False
         self._finished = False
-        self._finish_lock = threading.Lock()
         self._started = 0.0
+
+    def _method_channel(self) -> UpstreamChannel:
+        assert self._method is not None
+        return self._method.channel
 
     def peer(self) -> str:
         peer: bytes = self.call.peer()
@@ -465,48 +513,90 @@ class _Call:
             return
         message = event.batch_operations[0].message()
         if message is None:
-            self._upstream.operate((cygrpc.SendCloseFromClientOperation(_NO_FLAGS),), _ignore)
+            self._method_channel().operate(
+                self._upstream, (cygrpc.SendCloseFromClientOperation(_NO_FLAGS),), _ignore
+            )
         else:
-            self._upstream.operate((cygrpc.SendMessageOperation(message, _NO_FLAGS),), self._on_request_sent)
+            self._method_channel().operate(
+                self._upstream, (cygrpc.SendMessageOperation(message, _NO_FLAGS),), self._on_request_sent
+            )
+
+    # Replies down, read one ahead: while one is being sent to the caller the next is read from the
+    # upstream, so neither side waits for the other; never more than one waits in between.
 
     def _on_reply_headers(self, event: Any) -> None:
         headers = self._reply_headers(event.batch_operations[0].initial_metadata())
+        with self._lock:
+            self._sending = True
         self.call.start_server_batch(
             (cygrpc.SendInitialMetadataOperation(headers, _NO_FLAGS),), self._on_reply_sent
         )
+        self._read_reply()
 
-    def _on_reply_sent(self, event: Any) -> None:
-        if not event.success:
-            return
-        reading = self._upstream.operate(
-            (cygrpc.ReceiveMessageOperation(_NO_FLAGS),), self._on_streamed_reply
+    def _read_reply(self) -> None:
+        with self._lock:
+            if self._reading or self._replies_ended or self._waiting is not None:
+                return
+            self._reading = True
+        reading = self._method_channel().operate(
+            self._upstream, (cygrpc.ReceiveMessageOperation(_NO_FLAGS),), self._on_streamed_reply
         )
-        # cygrpc refuses operations once none is due and the status is in: grpc delivers the
-        # status only after the last message was read, so nothing is left to read.
         if not reading:
-            self._replies_done()
+            # cygrpc takes no more operations once none is due and the status is in; grpc delivers
+            # the status only after the last message was read, so nothing is left to read.
+            with self._lock:
+                self._reading = False
+                self._replies_ended = True
+            self._finish_stream()
 
     def _on_streamed_reply(self, event: Any) -> None:
         message = event.batch_operations[0].message() if event.success else None
+        send_now = False
+        with self._lock:
+            self._reading = False
+            if message is None:
+                self._replies_ended = True
+            elif self._sending:
+                self._waiting = message
+            else:
+                self._sending = send_now = True
+        if send_now:
+            self.call.start_server_batch(
+                (cygrpc.SendMessageOperation(message, _NO_FLAGS),), self._on_reply_sent
+            )
         if message is None:
-            self._replies_done()
-            return
-        self.call.start_server_batch((cygrpc.SendMessageOperation(message, _NO_FLAGS),), self._on_reply_sent)
+            self._finish_stream()
+        else:
+            self._read_reply()
 
-    def _replies_done(self) -> None:
-        with self._finish_lock:
-            self._down_done = True
+    def _on_reply_sent(self, event: Any) -> None:
+        if not event.success:
+            return  # the caller is gone; _on_close cancels the upstream call
+        with self._lock:
+            message, self._waiting = self._waiting, None
+            self._sending = message is not None
+        if message is not None:
+            self.call.start_server_batch(
+                (cygrpc.SendMessageOperation(message, _NO_FLAGS),), self._on_reply_sent
+            )
+        self._read_reply()
         self._finish_stream()
 
     def _on_upstream_status(self, event: Any) -> None:
-        with self._finish_lock:
+        with self._lock:
             self._status = event.batch_operations[0]
         self._finish_stream()
 
     def _finish_stream(self) -> None:
         """Send the upstream's status once every reply before it has been passed on."""
-        with self._finish_lock:
-            if self._finished or not self._down_done or self._status is None:
+        with self._lock:
+            if (
+                self._finished
+                or self._status is None
+                or not self._replies_ended
+                or self._sending
+                or self._waiting is not None
+            ):
                 return
             self._finished = True
         status = self._status

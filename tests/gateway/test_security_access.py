@@ -186,11 +186,9 @@ async def test_health_can_need_a_key_and_reflection_can_be_off(services: Service
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
             reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-            listing = reflection.ServerReflectionInfo(
-                iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                metadata=_metadata(KEY),
-                timeout=5,
-            )
+            # Nothing written: grpc's aio client, still writing when a bidi call is refused, may
+            # report "Internal error from Core" instead of the status it was sent.
+            listing = reflection.ServerReflectionInfo(metadata=_metadata(KEY), timeout=5)
             code, details = await _code(listing)
             assert code == grpc.StatusCode.UNIMPLEMENTED
             assert "grpc.reflection.v1alpha.ServerReflection is not routed by this gateway" in details
