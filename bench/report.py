@@ -17,6 +17,7 @@ DIRECT = "direct"
 YARDSTICK = "yardstick"
 GATEWAY = "gateway"
 GATEWAY_NO_LIMITER = "gateway-nolimit"
+GATEWAY_AIO = "gateway-aio"
 
 # Path name -> (label in the table, the forwarding server on that path, if any).
 PATHS: dict[str, tuple[str, str | None]] = {
@@ -24,6 +25,8 @@ PATHS: dict[str, tuple[str, str | None]] = {
     YARDSTICK: ("yardstick", YARDSTICK),
     GATEWAY: ("gateway", GATEWAY),
     GATEWAY_NO_LIMITER: ("gateway, no rate limit rules", GATEWAY_NO_LIMITER),
+    # The same config as GATEWAY on the fallback engine (--engine aio): what grpc.aio costs.
+    GATEWAY_AIO: ("gateway, aio engine", GATEWAY_AIO),
 }
 
 
@@ -104,6 +107,9 @@ def comparisons(runs: Sequence[Run]) -> list[Comparison]:
     def cpu_ratio(gateway: Run, yardstick: Run) -> float:
         return gateway.cpu_us_per_call(GATEWAY) / yardstick.cpu_us_per_call(YARDSTICK)
 
+    def aio_cpu_ratio(gateway: Run, yardstick: Run) -> float:
+        return gateway.cpu_us_per_call(GATEWAY_AIO) / yardstick.cpu_us_per_call(YARDSTICK)
+
     def rps_ratio(gateway: Run, yardstick: Run) -> float:
         return gateway.req_per_s / yardstick.req_per_s
 
@@ -156,6 +162,11 @@ def comparisons(runs: Sequence[Run]) -> list[Comparison]:
             "unary: rate limiter CPU/call (gateway with minus without rules)",
             per_round(runs, UNARY, (GATEWAY, GATEWAY_NO_LIMITER), limiter_cost),
             "µs",
+        ),
+        Comparison(
+            "unary: gateway (aio engine) CPU/call ÷ yardstick CPU/call",
+            per_round(runs, UNARY, (GATEWAY_AIO, YARDSTICK), aio_cpu_ratio),
+            "x",
         ),
         Comparison(
             "-c1 -m1: p50 added by the gateway over a direct call",

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,9 +160,17 @@ def yardstick(upstream: str, port: int, cpu: int | None, env: Mapping[str, str],
 
 
 def gateway(
-    name: str, config: Path, port: int, cpu: int | None, env: Mapping[str, str], log_dir: Path
+    name: str,
+    config: Path,
+    port: int,
+    cpu: int | None,
+    env: Mapping[str, str],
+    log_dir: Path,
+    extra_args: Sequence[str] = (),
 ) -> Server:
+    """``python -m gateway`` with ``config`` on ``port``; ``extra_args`` go on its command line
+    (``--engine aio``, say)."""
     address = f"127.0.0.1:{port}"
     # Default settings, as users run it: the access log is on (INFO), written to the log file.
-    args = ["-m", "gateway", "--config", str(config), "--listen", address]
+    args = ["-m", "gateway", "--config", str(config), "--listen", address, *extra_args]
     return start_server(name, args, address, cpu, env, log_dir)

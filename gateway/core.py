@@ -50,6 +50,8 @@ from runtime.serving import BindError
 log = logging.getLogger("gateway.core")
 
 _NO_FLAGS = 0
+# The grpcio release the core engine is tested on (pyproject.toml pins the same): cygrpc is private.
+TESTED_GRPCIO = "1.85."
 # How often the listener's poll thread looks up from calls: access-log flushes, expired budgets.
 TICK_SECONDS = 0.25
 _SWEEP_PER_TICK = 2000
@@ -228,6 +230,11 @@ class CoreServer:
     def __init__(
         self, plan: Plan, address: str, credentials: grpc.ServerCredentials | None, options: Sequence[Any]
     ) -> None:
+        if not grpc.__version__.startswith(TESTED_GRPCIO):
+            log.warning(
+                'the core engine is tested with another grpcio; if calls misbehave, set engine = "aio"',
+                extra={"grpcio": grpc.__version__, "tested": f"{TESTED_GRPCIO}x"},
+            )
         self.plan = plan
         self._queue = cygrpc.CompletionQueue()
         self._server = cygrpc.Server(tuple(options), False)

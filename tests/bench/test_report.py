@@ -8,6 +8,7 @@ from bench.measure import H2LOAD_CPU, OTHER_CPU, Run
 from bench.report import (
     DIRECT,
     GATEWAY,
+    GATEWAY_AIO,
     GATEWAY_NO_LIMITER,
     SERVICE,
     STREAM,
@@ -15,6 +16,7 @@ from bench.report import (
     YARDSTICK,
     Scenario,
     Spread,
+    as_json,
     comparisons,
     path_stats,
     table,
@@ -52,6 +54,7 @@ def unary_rounds() -> list[Run]:
             run(n, UNARY, YARDSTICK, 2000, {YARDSTICK: yardstick_us, SERVICE: 260}),
             run(n, UNARY, GATEWAY, 2500, {GATEWAY: gateway_us, SERVICE: 260}),
             run(n, UNARY, GATEWAY_NO_LIMITER, 2600, {GATEWAY_NO_LIMITER: gateway_us - 30, SERVICE: 260}),
+            run(n, UNARY, GATEWAY_AIO, 1500, {GATEWAY_AIO: gateway_us * 2, SERVICE: 260}),
             run(n, STREAM, DIRECT, 30, {SERVICE: 20000}),
             run(n, STREAM, GATEWAY, 20, {GATEWAY: 40000, SERVICE: 25000}),
         ]
@@ -90,6 +93,11 @@ def test_comparisons_pair_runs_of_the_same_round() -> None:
     limiter = found["unary: rate limiter CPU/call (gateway with minus without rules)"]
     assert limiter.value is not None
     assert limiter.value.median == pytest.approx(30)
+    # Informational, no target: 800/500, 900/500, 1200/500.
+    aio = found["unary: gateway (aio engine) CPU/call ÷ yardstick CPU/call"]
+    assert aio.value is not None
+    assert (aio.value.median, aio.value.low, aio.value.high) == pytest.approx((1.8, 1.6, 2.4))
+    assert (aio.target, aio.meets) == ("", None)
     stream = found["stream: gateway CPU/call ÷ service CPU/call, direct"]
     assert stream.value is not None
     assert stream.value.median == pytest.approx(2.0)
@@ -101,7 +109,17 @@ def test_comparisons_pair_runs_of_the_same_round() -> None:
 
 
 def test_table_shows_every_path_that_ran() -> None:
-    text = table(unary_rounds(), [Scenario(UNARY, "Unary", (DIRECT, YARDSTICK, GATEWAY, GATEWAY_NO_LIMITER))])
+    paths = (DIRECT, YARDSTICK, GATEWAY, GATEWAY_NO_LIMITER, GATEWAY_AIO)
+    text = table(unary_rounds(), [Scenario(UNARY, "Unary", paths)])
     assert "gateway, no rate limit rules" in text
+    assert "gateway, aio engine" in text
+    assert "900 (800-1200)" in text
+    assert "unary: gateway (aio engine) CPU/call ÷ yardstick CPU/call" in text
     assert "450 (400-600)" in text
     assert "NOT met" in text
+
+
+def test_as_json_has_every_path_of_a_scenario() -> None:
+    summary = as_json(unary_rounds(), [Scenario(UNARY, "Unary", (DIRECT, GATEWAY, GATEWAY_AIO))])
+    assert set(summary[UNARY]) == {DIRECT, GATEWAY, GATEWAY_AIO}
+    assert summary[UNARY][GATEWAY_AIO]["proxy_cpu_us"]["median"] == pytest.approx(900)

@@ -30,6 +30,10 @@ CASES = {
         "rate_limit.rules[0].strategy: Input should be 'moving-window', 'sliding-window-counter' or "
         "'fixed-window'",
     ),
+    "unknown engine": (
+        gateway_toml(GOOD_ROUTES, extra='engine = "turbo"'),
+        "engine: Input should be 'core' or 'aio'",
+    ),
     "bad upstream address": (
         gateway_toml({USERS: "localhost"}),
         "routes[0].upstream: 'localhost' is not an address of the form HOST:PORT",
