@@ -23,6 +23,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,8 @@ TESTED_GRPCIO = "1.85."
 # How often the listener's poll thread looks up from calls: access-log flushes, expired budgets.
 TICK_SECONDS = 0.25
 _SWEEP_PER_TICK = 2000
+# Reply bytes a streamed call may hold between the upstream and a slower caller (at least one message).
+READ_AHEAD_BYTES = 64 * 1024
 _OK = cygrpc.StatusCode.ok
 _CANCELLED = grpc.StatusCode.CANCELLED
 
@@ -118,17 +121,19 @@ class UpstreamChannel:
             self._work.notify()
 
     def _poll(self) -> None:
+        completed = 0
         while True:
             with self._work:
+                self._outstanding -= completed
                 while self._outstanding == 0 and not self._closed:
                     self._work.wait()
                 if self._outstanding == 0:
                     return  # closed, and nothing left to complete
             event = self._channel.next_call_event()
+            completed = 0
             if event.completion_type == cygrpc.CompletionType.operation_complete:
                 _handle(event)
-                with self._work:
-                    self._outstanding -= 1
+                completed = 1
             elif event.completion_type == cygrpc.CompletionType.queue_shutdown:
                 return
 
@@ -319,6 +324,7 @@ class _Call:
         "_status",
         "_upstream",
         "_waiting",
+        "_waiting_bytes",
         "call",
         "deadline",
         "metadata",
@@ -343,7 +349,8 @@ class _Call:
         self._status: Any = None  # the upstream's, once received
         self._reading = False  # a read from the upstream is under way
         self._sending = False  # a send to the caller is under way
-        self._waiting: bytes | None = None  # read, waiting for the send before it
+        self._waiting: deque[bytes] = deque()  # read, waiting for the sends before them
+        self._waiting_bytes = 0
         self._replies_ended = False
         self._finished = False
         self._started = 0.0
@@ -443,6 +450,12 @@ class _Call:
         assert method is not None
         metadata = forwarded(self.metadata, self._client or "", self._record.request_id)
         deadline = self._upstream_deadline(method.route)
+        if deadline is not None and deadline <= time.time():
+            # grpc's timers may not have fired yet: a call out of time is never sent on.
+            self._refuse(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call was forwarded"
+            )
+            return
         if not method.client_streaming and not method.server_streaming:
             operations = (
                 cygrpc.SendInitialMetadataOperation(metadata, _NO_FLAGS),
@@ -528,23 +541,38 @@ class _Call:
                 self._upstream, (cygrpc.SendMessageOperation(message, _NO_FLAGS),), self._on_request_sent
             )
 
-    # Replies down, read one ahead: while one is being sent to the caller the next is read from the
-    # upstream, so neither side waits for the other; never more than one waits in between.
+    # Replies down, read ahead: while one is being sent to the caller the next are read from the
+    # upstream, up to READ_AHEAD_BYTES, so that neither side waits for the other and each thread
+    # handles runs of completions instead of waking the other for every message.
 
     def _on_reply_headers(self, event: Any) -> None:
         headers = self._reply_headers(event.batch_operations[0].initial_metadata())
         with self._lock:
             self._sending = True
+            read = self._may_read()
         self.call.start_server_batch(
             (cygrpc.SendInitialMetadataOperation(headers, _NO_FLAGS),), self._on_reply_sent
         )
-        self._read_reply()
+        if read:
+            self._read_reply()
+
+    # The _may_* checks run under self._lock and claim what they allow.
+
+    def _may_read(self) -> bool:
+        if self._reading or self._replies_ended or self._waiting_bytes >= READ_AHEAD_BYTES:
+            return False
+        self._reading = True
+        return True
+
+    def _may_finish(self) -> bool:
+        if self._finished or self._status is None or not self._replies_ended:
+            return False
+        if self._sending or self._waiting:
+            return False
+        self._finished = True
+        return True
 
     def _read_reply(self) -> None:
-        with self._lock:
-            if self._reading or self._replies_ended or self._waiting is not None:
-                return
-            self._reading = True
         reading = self._method_channel().operate(
             self._upstream, (cygrpc.ReceiveMessageOperation(_NO_FLAGS),), self._on_streamed_reply
         )
@@ -554,58 +582,63 @@ class _Call:
             with self._lock:
                 self._reading = False
                 self._replies_ended = True
-            self._finish_stream()
+                finish = self._may_finish()
+            if finish:
+                self._send_status()
 
     def _on_streamed_reply(self, event: Any) -> None:
         message = event.batch_operations[0].message() if event.success else None
-        send_now = False
+        send_now = read = finish = False
         with self._lock:
             self._reading = False
             if message is None:
                 self._replies_ended = True
-            elif self._sending:
-                self._waiting = message
+                finish = self._may_finish()
             else:
-                self._sending = send_now = True
+                if self._sending:
+                    self._waiting.append(message)
+                    self._waiting_bytes += len(message)
+                else:
+                    self._sending = send_now = True
+                read = self._may_read()
         if send_now:
             self.call.start_server_batch(
                 (cygrpc.SendMessageOperation(message, _NO_FLAGS),), self._on_reply_sent
             )
-        if message is None:
-            self._finish_stream()
-        else:
+        if read:
             self._read_reply()
+        if finish:
+            self._send_status()
 
     def _on_reply_sent(self, event: Any) -> None:
         if not event.success:
             return  # the caller is gone; _on_close cancels the upstream call
         with self._lock:
-            message, self._waiting = self._waiting, None
+            message = None
+            if self._waiting:
+                message = self._waiting.popleft()
+                self._waiting_bytes -= len(message)
             self._sending = message is not None
+            read = self._may_read()
+            finish = self._may_finish()
         if message is not None:
             self.call.start_server_batch(
                 (cygrpc.SendMessageOperation(message, _NO_FLAGS),), self._on_reply_sent
             )
-        self._read_reply()
-        self._finish_stream()
+        if read:
+            self._read_reply()
+        if finish:
+            self._send_status()
 
     def _on_upstream_status(self, event: Any) -> None:
         with self._lock:
             self._status = event.batch_operations[0]
-        self._finish_stream()
+            finish = self._may_finish()
+        if finish:
+            self._send_status()
 
-    def _finish_stream(self) -> None:
-        """Send the upstream's status once every reply before it has been passed on."""
-        with self._lock:
-            if (
-                self._finished
-                or self._status is None
-                or not self._replies_ended
-                or self._sending
-                or self._waiting is not None
-            ):
-                return
-            self._finished = True
+    def _send_status(self) -> None:
+        """The upstream's status, once every reply before it has been passed on."""
         status = self._status
         code, details, trailers = status.code(), status.details(), status.trailing_metadata()
         if code != _OK:

@@ -80,19 +80,26 @@ class Case:
     known_bug: str = ""
     # What the core engine answers where grpc.aio behaves otherwise: (status, message).
     core: tuple[str, str] | None = None
+    # Statuses that are as right as ``status``, where timing decides between them.
+    also: tuple[str, ...] = ()
 
 
 CASES: dict[str, Case] = {}
 
 
 def case(
-    name: str, status: str, message: str = "", known_bug: str = "", core: tuple[str, str] | None = None
+    name: str,
+    status: str,
+    message: str = "",
+    known_bug: str = "",
+    core: tuple[str, str] | None = None,
+    also: tuple[str, ...] = (),
 ) -> Callable[[Probe], Probe]:
     """Register ``probe`` as a case whose client sees ``status`` and a message containing ``message``."""
 
     def register(probe: Probe) -> Probe:
         assert name not in CASES, name
-        CASES[name] = Case(probe, status, message, known_bug, core)
+        CASES[name] = Case(probe, status, message, known_bug, core, also)
         return probe
 
     return register
@@ -359,8 +366,10 @@ async def _bad_timeout(gateway: Started) -> Seen:
     return await raw(gateway, headers, grpc_frame(user(101)))
 
 
-@case("a deadline of one microsecond", "DEADLINE_EXCEEDED")
+@case("a deadline of one microsecond", "DEADLINE_EXCEEDED", also=("OK",))
 async def _tiny_deadline(gateway: Started) -> Seen:
+    # grpc keeps deadlines to the millisecond, rounded up: a call given 1 µs may be answered,
+    # through the gateway and the service, before grpc's clock says its time is up.
     return await call(gateway, GET_USER, [user(101)], seconds=0.000001)
 
 
@@ -581,6 +590,8 @@ async def test_hostile_input(name: str, still_serving: Started) -> None:
     if expected.core is not None and gateway_engine() == "core":
         status, message = expected.core
     seen = await asyncio.wait_for(expected.probe(still_serving), timeout=20)
+    if seen.status in expected.also:
+        return
     assert (seen.status, message in seen.message) == (status, True), seen
     assert KEY not in seen.message  # a key is never echoed
 
