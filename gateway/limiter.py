@@ -94,15 +94,28 @@ class StoreUnavailable(Exception):
 REDIS_POOL_SIZE = 64
 
 
-def open_storage(uri: str, timeout: float) -> Any:
+# Connections opened before the first call (see RateLimitPolicy.warm_up).
+WARM_CONNECTIONS = 16
+
+
+@dataclass(frozen=True)
+class Store:
+    """A ``limits`` storage, and the connection pool behind it when it is a plain Redis."""
+
+    storage: Any
+    redis_pool: redis.asyncio.BlockingConnectionPool | None = None
+
+
+def open_storage(uri: str, timeout: float) -> Store:
     """The storage behind a ``storage`` URI. Memory is this process's own; Redis is shared."""
     if uri.startswith("memory://"):
-        return BoundedMemoryStorage()
+        return Store(BoundedMemoryStorage())
     # redis-py rather than limits' default client (coredis): under concurrency coredis was seen
     # losing connections and retrying, and a retried script can count one call twice.
     options: dict[str, Any] = {"implementation": "redispy"}
+    pool = None
     if uri.startswith(("redis://", "rediss://")):
-        options["connection_pool"] = redis.asyncio.BlockingConnectionPool.from_url(
+        pool = options["connection_pool"] = redis.asyncio.BlockingConnectionPool.from_url(
             uri,
             max_connections=REDIS_POOL_SIZE,
             timeout=timeout,
@@ -111,7 +124,7 @@ def open_storage(uri: str, timeout: float) -> Any:
         )
     try:
         # Wrapped, every backend's failure is one StorageError.
-        return storage_from_string(f"async+{uri}", wrap_exceptions=True, **options)
+        return Store(storage_from_string(f"async+{uri}", wrap_exceptions=True, **options), pool)
     except (limits.errors.ConfigurationError, ValueError) as error:
         raise ConfigError(f"rate_limit.storage: {error}") from None
 
@@ -120,13 +133,11 @@ class RateLimitPolicy:
     """Which rules cover which method, and the storage their budgets live in."""
 
     def __init__(
-        self, config: RateLimit, routes: RouteTable, clients: Iterable[str], storage: Any = None
+        self, config: RateLimit, routes: RouteTable, clients: Iterable[str], store: Store | None = None
     ) -> None:
-        # A reload passes the storage on, so budgets already spent stay spent.
-        self.storage = (
-            storage if storage is not None else open_storage(config.storage, config.storage_timeout)
-        )
-        storage = self.storage
+        # A reload passes the store on, so budgets already spent stay spent.
+        self.store = store if store is not None else open_storage(config.storage, config.storage_timeout)
+        self.storage = storage = self.store.storage
         # Memory cannot hang; a network store gets a deadline per call.
         self.timeout = config.storage_timeout if config.shared else None
         self.fail_open = config.on_storage_error == "allow"
@@ -141,6 +152,24 @@ class RateLimitPolicy:
 
     def rules_for(self, path: str) -> tuple[MethodRule, ...]:
         return self._rules_of.get(path, ())
+
+    async def warm_up(self) -> None:
+        """Open connections to a Redis store before calls need them.
+
+        A burst of calls at start-up would otherwise spend its storage timeout on connecting, and be
+        let through (or refused) unchecked. A store that cannot be reached now is not an error here:
+        calls meet it as configured (on_storage_error).
+        """
+        pool = self.store.redis_pool
+        if pool is None:
+            return
+        opened = await asyncio.gather(
+            *(pool.get_connection() for _ in range(WARM_CONNECTIONS)),  # type: ignore[no-untyped-call]
+            return_exceptions=True,
+        )
+        for connection in opened:
+            if not isinstance(connection, BaseException):
+                await pool.release(connection)
 
     async def spend(self, rules: tuple[tuple[MethodRule, Subject], ...], client: str) -> list[Verdict]:
         """Spend one unit of each rule's budget, in order, stopping at the first rule that refuses.

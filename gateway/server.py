@@ -142,6 +142,7 @@ class Gateway:
         if self._observability.metrics_server is not None:
             self.metrics_port = self._observability.metrics_server.start()
         config = self.setup.config
+        await self.setup.policy.warm_up()
         if config.engine == "core":
             # A folder of this process's own (mode 0700): no other user can reach the socket.
             self._local_folder = tempfile.mkdtemp(prefix="grpc-gateway-")

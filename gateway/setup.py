@@ -33,10 +33,10 @@ def load_setup(path: Path, overrides: dict[str, Any], previous: Setup | None = N
     if overrides:
         config = config.model_copy(update=overrides)
     routes = build_routes(config, load_catalog(config))
-    storage = None
+    store = None
     if previous is not None and previous.config.rate_limit.storage == config.rate_limit.storage:
-        storage = previous.policy.storage
+        store = previous.policy.store
     policy = RateLimitPolicy(
-        config.rate_limit, routes, clients=(key.client for key in config.api_keys), storage=storage
+        config.rate_limit, routes, clients=(key.client for key in config.api_keys), store=store
     )
     return Setup(config, routes, policy, load_security(config, routes))
