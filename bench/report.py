@@ -104,11 +104,11 @@ class Comparison:
 def comparisons(runs: Sequence[Run]) -> list[Comparison]:
     """The ratios and differences the performance targets are stated in."""
 
-    def cpu_ratio(gateway: Run, yardstick: Run) -> float:
-        return gateway.cpu_us_per_call(GATEWAY) / yardstick.cpu_us_per_call(YARDSTICK)
+    def cpu_ratio_of(forwarder: str) -> Callable[[Run, Run], float]:
+        def cpu_ratio(gateway: Run, yardstick: Run) -> float:
+            return gateway.cpu_us_per_call(forwarder) / yardstick.cpu_us_per_call(YARDSTICK)
 
-    def aio_cpu_ratio(gateway: Run, yardstick: Run) -> float:
-        return gateway.cpu_us_per_call(GATEWAY_AIO) / yardstick.cpu_us_per_call(YARDSTICK)
+        return cpu_ratio
 
     def rps_ratio(gateway: Run, yardstick: Run) -> float:
         return gateway.req_per_s / yardstick.req_per_s
@@ -135,7 +135,7 @@ def comparisons(runs: Sequence[Run]) -> list[Comparison]:
         # The service's CPU for the very calls the gateway forwarded, in the same run.
         return gateway.cpu_us_per_call(GATEWAY) / gateway.cpu_us_per_call(SERVICE)
 
-    cpu = per_round(runs, UNARY, (GATEWAY, YARDSTICK), cpu_ratio)
+    cpu = per_round(runs, UNARY, (GATEWAY, YARDSTICK), cpu_ratio_of(GATEWAY))
     rps = per_round(runs, UNARY, (GATEWAY, YARDSTICK), rps_ratio)
     stream = per_round(runs, STREAM, (GATEWAY, DIRECT), stream_ratio)
     return [
@@ -165,7 +165,7 @@ def comparisons(runs: Sequence[Run]) -> list[Comparison]:
         ),
         Comparison(
             "unary: gateway (aio engine) CPU/call ÷ yardstick CPU/call",
-            per_round(runs, UNARY, (GATEWAY_AIO, YARDSTICK), aio_cpu_ratio),
+            per_round(runs, UNARY, (GATEWAY_AIO, YARDSTICK), cpu_ratio_of(GATEWAY_AIO)),
             "x",
         ),
         Comparison(

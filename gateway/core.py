@@ -601,14 +601,7 @@ class _Call:
                 else:
                     self._sending = send_now = True
                 read = self._may_read()
-        if send_now:
-            self.call.start_server_batch(
-                (cygrpc.SendMessageOperation(message, _NO_FLAGS),), self._on_reply_sent
-            )
-        if read:
-            self._read_reply()
-        if finish:
-            self._send_status()
+        self._go_on(message if send_now else None, read, finish)
 
     def _on_reply_sent(self, event: Any) -> None:
         if not event.success:
@@ -621,6 +614,10 @@ class _Call:
             self._sending = message is not None
             read = self._may_read()
             finish = self._may_finish()
+        self._go_on(message, read, finish)
+
+    def _go_on(self, message: bytes | None, read: bool, finish: bool) -> None:
+        """Do what the last step claimed: send ``message`` on, read the next reply, send the status."""
         if message is not None:
             self.call.start_server_batch(
                 (cygrpc.SendMessageOperation(message, _NO_FLAGS),), self._on_reply_sent

@@ -60,8 +60,7 @@ class CallRecord:
         Counts the refusal and sends the request id in the initial metadata, as every reply has it.
         """
         self.count_rate_limited(rule)
-        if self.request_id:  # else not an observed call
-            await context.send_initial_metadata(((HEADER, self.request_id),))
+        await self._send_request_id(context)
 
     def count_rate_limited(self, rule: str) -> None:
         self.rate_limit = "refused"
@@ -80,6 +79,9 @@ class CallRecord:
         Counts the refusal and sends the request id in the initial metadata, as every reply has it.
         """
         self.count_auth_failure(reason)
+        await self._send_request_id(context)
+
+    async def _send_request_id(self, context: grpc.aio.ServicerContext) -> None:
         if self.request_id:  # else not an observed call
             await context.send_initial_metadata(((HEADER, self.request_id),))
 
