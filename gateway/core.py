@@ -46,7 +46,7 @@ from gateway.requestid import HEADER as REQUEST_ID_HEADER
 from gateway.requestid import request_id_of
 from gateway.routes import MethodRoute, RouteTable
 from gateway.tls import UpstreamTransport
-from runtime.serving import BindError
+from runtime.serving import cannot_listen
 
 log = logging.getLogger("gateway.core")
 
@@ -249,10 +249,7 @@ class CoreServer:
         else:
             port = self._server.add_http2_port(address.encode(), credentials._credentials)
         if port == 0:
-            raise BindError(
-                f"cannot listen on {address}: the port is already in use or the host is not an address "
-                "of this machine; stop the other process or choose another address"
-            )
+            raise cannot_listen(address)
         self.port: int = port
         self._stopping = False
         self._stopped = threading.Event()

@@ -30,7 +30,7 @@ from gateway.setup import Setup
 from gateway.upstreams import HealthMonitor, Upstreams
 from runtime.descriptors import DescriptorCatalog
 from runtime.introspection import HEALTH_SERVICE, add_health, add_reflection
-from runtime.serving import listen, wait_for_stop_signal
+from runtime.serving import BindError, listen, wait_for_stop_signal
 
 log = logging.getLogger("gateway")
 
@@ -146,14 +146,18 @@ class Gateway:
         if config.engine == "core":
             # A folder of this process's own (mode 0700): no other user can reach the socket.
             self._local_folder = tempfile.mkdtemp(prefix="grpc-gateway-")
+            try:
+                self._core = CoreServer(
+                    self._core_plan(self.setup),
+                    config.listen,
+                    self.setup.security.server_credentials,
+                    self._server_options,
+                )
+            except BindError:
+                shutil.rmtree(self._local_folder, ignore_errors=True)
+                raise
             self.server.add_insecure_port(f"unix:{self._local_folder}/local.sock")
             await self.server.start()
-            self._core = CoreServer(
-                self._core_plan(self.setup),
-                config.listen,
-                self.setup.security.server_credentials,
-                self._server_options,
-            )
             self.port = self._core.port
             self._core.start()
         else:

@@ -18,6 +18,13 @@ class BindError(Exception):
     """The server could not listen on the address it was given."""
 
 
+def cannot_listen(address: str) -> BindError:
+    return BindError(
+        f"cannot listen on {address}: the port is already in use or the host is not an address "
+        "of this machine; stop the other process or choose another address"
+    )
+
+
 def listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
     """Bind ``server`` to ``address`` and return the bound port (useful with port 0).
 
@@ -30,10 +37,7 @@ def listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCreden
         else:
             port = server.add_secure_port(address, credentials)
     except RuntimeError as error:
-        raise BindError(
-            f"cannot listen on {address}: the port is already in use or the host is not an address "
-            "of this machine; stop the other process or choose another address"
-        ) from error
+        raise cannot_listen(address) from error
     if port == 0 and not address.endswith(":0"):
         raise BindError(f"cannot listen on {address}")
     return int(port)
