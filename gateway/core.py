@@ -673,16 +673,12 @@ class _Call:
             self.peer,
             self._client,
             self._record,
-            None if self._method is not None else _unrouted_part(self._path),
+            None if self._method is not None else method_part(self._path, None),
         )
 
 
 def _ignore(event: Any) -> None:
     """For completions that need no next step."""
-
-
-def _unrouted_part(path: str) -> str:
-    return method_part(path, None)
 
 
 def open_channels(

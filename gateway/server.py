@@ -54,19 +54,19 @@ class Gateway:
         self._observability = observability or load_observability(config)
         self._local = local_methods()
         self._reflects = config.reflection.enabled
-        self._upstreams = Upstreams(
-            config.routes, config.upstream_keepalive, setup.security.upstream_transports
-        )
-        self._switchboard = Switchboard(self._pipeline(setup, self._upstreams))
+        # Channels for the health checks; on the aio engine they also carry the calls.
+        self._upstreams = _upstreams(setup)
         # Off unless asked (--workers): a second gateway could otherwise bind the port unnoticed.
         self._server_options = [("grpc.so_reuseport", int(reuse_port)), *setup.security.server_options]
         self._core: CoreServer | None = None
+        self._switchboard: Switchboard | None = None
         self._local_folder: str | None = None
         if config.engine == "core":
             # The aio server serves only health and reflection, on a private socket, behind the core.
             self.server = grpc.aio.server()
             self._observability.access_log.owner_flushes = True
         else:
+            self._switchboard = Switchboard(self._pipeline(setup, self._upstreams))
             self.server = grpc.aio.server(interceptors=[self._switchboard], options=self._server_options)
         self._health = add_health(self.server)
         self._reflection = None
@@ -179,8 +179,9 @@ class Gateway:
         monitor = self._health_monitor(setup, upstreams)
         await monitor.check_all()
         previous_upstreams, previous_setup = self._upstreams, self.setup
-        self._switchboard.pipeline = self._pipeline(setup, upstreams)
         previous_plan = None
+        if self._switchboard is not None:
+            self._switchboard.pipeline = self._pipeline(setup, upstreams)
         if self._core is not None:
             previous_plan, self._core.plan = self._core.plan, self._core_plan(setup)
         self.setup, self._upstreams = setup, upstreams

