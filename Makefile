@@ -42,6 +42,8 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	# The import contract: layers, engines apart, cygrpc in the core engine only, no cycles (pyproject.toml).
+	$(BIN)/lint-imports --no-cache
 
 # The gateway against a direct call and the reference yardstick (README, "Performance"); under 5 minutes.
 # Options go in BENCH_ARGS, e.g. `make bench BENCH_ARGS=--quick` for a smoke run of a few seconds.

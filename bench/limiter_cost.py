@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from gateway.config import REFERENCE_CONFIG, load_config
-from gateway.limiter import RateLimitPolicy, Subject
-from gateway.routes import build_routes, load_catalog
+from gateway.config.schema import REFERENCE_CONFIG, load_config
+from gateway.policy.ratelimit.rules import RateLimitPolicy, Subject
+from gateway.routing.table import build_routes, load_catalog
 
 METHOD = "/shop.users.v1.UserService/GetUser"
 

@@ -18,6 +18,7 @@ YARDSTICK = "yardstick"
 GATEWAY = "gateway"
 GATEWAY_NO_LIMITER = "gateway-nolimit"
 GATEWAY_AIO = "gateway-aio"
+GATEWAY_STEP = "gateway-step"
 
 # Path name -> (label in the table, the forwarding server on that path, if any).
 PATHS: dict[str, tuple[str, str | None]] = {
@@ -27,6 +28,8 @@ PATHS: dict[str, tuple[str, str | None]] = {
     GATEWAY_NO_LIMITER: ("gateway, no rate limit rules", GATEWAY_NO_LIMITER),
     # The same config as GATEWAY on the fallback engine (--engine aio): what grpc.aio costs.
     GATEWAY_AIO: ("gateway, aio engine", GATEWAY_AIO),
+    # GATEWAY's config with one user step (examples/tenants.py) after auth.
+    GATEWAY_STEP: ("gateway, one user step", GATEWAY_STEP),
 }
 
 
@@ -123,6 +126,9 @@ def comparisons(runs: Sequence[Run]) -> list[Comparison]:
     def limiter_cost(on: Run, off: Run) -> float:
         return on.cpu_us_per_call(GATEWAY) - off.cpu_us_per_call(GATEWAY_NO_LIMITER)
 
+    def step_cost(on: Run, off: Run) -> float:
+        return on.cpu_us_per_call(GATEWAY_STEP) - off.cpu_us_per_call(GATEWAY)
+
     def added_p50_ms(through: Run, direct: Run) -> float:
         return (through.p50_us - direct.p50_us) / 1000
 
@@ -161,6 +167,11 @@ def comparisons(runs: Sequence[Run]) -> list[Comparison]:
         Comparison(
             "unary: rate limiter CPU/call (gateway with minus without rules)",
             per_round(runs, UNARY, (GATEWAY, GATEWAY_NO_LIMITER), limiter_cost),
+            "µs",
+        ),
+        Comparison(
+            "unary: a user step reading metadata, CPU/call (with minus without)",
+            per_round(runs, UNARY, (GATEWAY_STEP, GATEWAY), step_cost),
             "µs",
         ),
         Comparison(

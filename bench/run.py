@@ -1,7 +1,8 @@
 """``make bench`` / ``python -m bench``: the gateway against a direct call and the yardstick.
 
-Starts the user service, the yardstick and three gateways (rate limiter on; no rules; rate limiter
-on again but on the aio engine, in the unary scenario only), checks each path with real gRPC calls,
+Starts the user service, the yardstick and four gateways (rate limiter on; no rules; rate limiter
+and one user step; rate limiter on again but on the aio engine; the last three in the unary
+scenario only), checks each path with real gRPC calls,
 then drives them with h2load, interleaved over several rounds, and prints medians across rounds:
 req/s, p50 and p99, CPU per call of each server, and the ratios the performance targets are stated
 in. The raw numbers go to bench/results/latest.json.
@@ -34,6 +35,7 @@ from bench.report import (
     GATEWAY,
     GATEWAY_AIO,
     GATEWAY_NO_LIMITER,
+    GATEWAY_STEP,
     LATENCY,
     PATHS,
     SERVICE,
@@ -58,8 +60,10 @@ from bench.verify import VerificationError
 BENCH = Path(__file__).resolve().parent
 GATEWAY_CONFIG = BENCH / "gateway.toml"
 GATEWAY_NO_LIMITER_CONFIG = BENCH / "gateway-nolimit.toml"
+GATEWAY_STEP_CONFIG = BENCH / "gateway-step.toml"
 DEFAULT_OUTPUT = BENCH / "results" / "latest.json"
-API_KEY: tuple[tuple[str, str], ...] = (("x-api-key", "secret-key"),)
+# Sent on every path alike; the tenant is what the user step of GATEWAY_STEP checks.
+API_KEY: tuple[tuple[str, str], ...] = (("x-api-key", "secret-key"), ("x-tenant", "acme"))
 # A share of one CPU taken by other processes during a run above which its numbers are suspect.
 NOISY_OTHER_CPU = 0.10
 # A share of one CPU used by the service and h2load above which they, not the forwarder, set the pace.
@@ -196,7 +200,7 @@ def _scenarios(settings: Settings, get_user: Call, list_users: Call) -> list[Sce
                 UNARY,
                 f"Unary GetUser: h2load {unary}",
                 # The aio engine here only: what the fallback costs, without lengthening the bench much.
-                (DIRECT, YARDSTICK, GATEWAY, GATEWAY_NO_LIMITER, GATEWAY_AIO),
+                (DIRECT, YARDSTICK, GATEWAY, GATEWAY_NO_LIMITER, GATEWAY_STEP, GATEWAY_AIO),
             ),
             get_user,
             unary,
@@ -321,8 +325,9 @@ def _run(settings: Settings, output: Path) -> int:
     placement = Placement.choose(settings.pin)
     env = server_environment(settings.grpc_experiments)
     upstream = _upstream_of(GATEWAY_CONFIG)
-    if _upstream_of(GATEWAY_NO_LIMITER_CONFIG) != upstream:
-        raise ServerError("bench/gateway.toml and bench/gateway-nolimit.toml must route to the same upstream")
+    for other in (GATEWAY_NO_LIMITER_CONFIG, GATEWAY_STEP_CONFIG):
+        if _upstream_of(other) != upstream:
+            raise ServerError(f"bench/gateway.toml and bench/{other.name} must route to the same upstream")
     _check_free(upstream)
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as temporary, ExitStack() as stack:
@@ -334,7 +339,7 @@ def _run(settings: Settings, output: Path) -> int:
         list_users = list_users_call(folder, everyone)
 
         _progress(
-            f"bench: starting the user service ({len(everyone)} users), the yardstick and three gateways; "
+            f"bench: starting the user service ({len(everyone)} users), the yardstick and four gateways; "
             f"GRPC_EXPERIMENTS={settings.grpc_experiments or '(unset)'}; "
             + (
                 f"h2load and the service on CPU {placement.load}, forwarders on CPU {placement.proxy}"
@@ -354,6 +359,7 @@ def _run(settings: Settings, output: Path) -> int:
         start(
             gateway(GATEWAY_NO_LIMITER, GATEWAY_NO_LIMITER_CONFIG, _free_port(), placement.proxy, env, folder)
         )
+        start(gateway(GATEWAY_STEP, GATEWAY_STEP_CONFIG, _free_port(), placement.proxy, env, folder))
         start(
             gateway(
                 GATEWAY_AIO, GATEWAY_CONFIG, _free_port(), placement.proxy, env, folder, ("--engine", "aio")
@@ -368,7 +374,12 @@ def _run(settings: Settings, output: Path) -> int:
         verify.check_list_users(service, API_KEY, everyone)
         verify.check_auth_required(servers[YARDSTICK].address)
         verify.check_get_user(servers[YARDSTICK].address, API_KEY, rate_limited=None)
-        for name, limited in ((GATEWAY, True), (GATEWAY_NO_LIMITER, False), (GATEWAY_AIO, True)):
+        for name, limited in (
+            (GATEWAY, True),
+            (GATEWAY_NO_LIMITER, False),
+            (GATEWAY_STEP, True),
+            (GATEWAY_AIO, True),
+        ):
             verify.check_auth_required(servers[name].address)
             verify.check_get_user(servers[name].address, API_KEY, rate_limited=limited)
             verify.check_list_users(servers[name].address, API_KEY, everyone)

@@ -7,7 +7,7 @@ import getpass
 import sys
 from typing import TextIO
 
-from gateway.keys import key_problem, written_digest
+from gateway.config.keys import key_problem, written_digest
 
 PROG = "grpc-gateway hash-key"
 

@@ -119,7 +119,7 @@ def run_main(*args: str) -> tuple[int, str]:
 
     Quicker than a new interpreter; one test per module still runs the real process.
     """
-    from gateway.__main__ import main
+    from gateway.cli import main
 
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level

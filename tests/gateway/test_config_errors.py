@@ -109,9 +109,9 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 
 def test_reference_config_is_valid() -> None:
-    from gateway.config import REFERENCE_CONFIG, load_config
-    from gateway.limiter import RateLimitPolicy
-    from gateway.routes import build_routes, load_catalog
+    from gateway.config.schema import REFERENCE_CONFIG, load_config
+    from gateway.policy.ratelimit.rules import RateLimitPolicy
+    from gateway.routing.table import build_routes, load_catalog
 
     config = load_config(REFERENCE_CONFIG)
     routes = build_routes(config, load_catalog(config))

@@ -16,9 +16,9 @@ import pytest
 from shop.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
 
-from gateway.accesslog import LOGGER as ACCESS_LOGGER
-from gateway.accesslog import AccessLog, method_part
-from gateway.config import AccessLog as AccessLogConfig
+from gateway.config.schema import AccessLog as AccessLogConfig
+from gateway.ops.accesslog import LOGGER as ACCESS_LOGGER
+from gateway.ops.accesslog import AccessLog, method_part
 from tests.gateway.ops_support import (
     FLAKY,
     FOREVER,

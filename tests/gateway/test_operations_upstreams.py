@@ -21,9 +21,9 @@ import pytest
 from shop.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
 
-from gateway.channels import keepalive_options, service_config, target
-from gateway.config import ConfigError, GatewayConfig, UpstreamKeepalive, parse_config
-from gateway.routes import build_routes, load_catalog
+from gateway.config.schema import ConfigError, GatewayConfig, UpstreamKeepalive, parse_config
+from gateway.routing.channels import keepalive_options, service_config, target
+from gateway.routing.table import build_routes, load_catalog
 from tests.gateway.ops_support import (
     FLAKY,
     KEY,

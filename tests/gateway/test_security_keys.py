@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gateway.keys import written_digest
+from gateway.config.keys import written_digest
 from tests.gateway.configs import API_KEY, USERS, gateway_toml, write_config
 from tests.gateway.security_support import gateway_beside, get_user, run_cli, run_main
 from tests.gateway.upstream_double import ECHO, Recorder, start_upstream

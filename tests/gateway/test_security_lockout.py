@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.lockout import FailedAuthLockout
-from gateway.peers import peer_address
+from gateway.call.peers import peer_address
+from gateway.policy.auth.lockout import FailedAuthLockout
 
 
 class Clock:

@@ -18,7 +18,7 @@ from typing import BinaryIO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.config import GatewayConfig
+from gateway.config.schema import GatewayConfig
 
 POLL_SECONDS = 0.02
 STOP_SECONDS = 5.0

@@ -1,0 +1,141 @@
+"""The gateway's life: start, reload on SIGHUP, drain on SIGTERM, over whichever engine the config names."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from grpc_health.v1 import health_pb2
+
+from gateway.config.schema import ConfigError
+from gateway.engines import engine_named
+from gateway.ops.own_services import OwnServices
+from gateway.plan import Plan, Reloader
+from gateway.routing.health import HealthMonitor, Upstreams
+from runtime.serving import wait_for_stop_signal
+
+log = logging.getLogger("gateway")
+
+# What only a restart can change: the listener and what the process set up once.
+RESTART_ONLY = ("listen", "engine", "tls", "limits", "metrics_listen", "access_log", "reflection")
+
+
+class Gateway:
+    """A configured gateway: its engine, its own services and the health checks of its upstreams.
+
+    Build it inside the running event loop.
+    """
+
+    def __init__(self, plan: Plan, reuse_port: bool = False) -> None:
+        self.plan = plan
+        self._own = OwnServices(plan.config, plan.routes)
+        self._engine = engine_named(plan.config.engine)(plan, self._own, reuse_port)
+        self._monitor, self._upstreams = self._health_monitor(plan)
+        self._monitoring: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        return self._engine.port
+
+    def _health_monitor(self, plan: Plan) -> tuple[HealthMonitor, Upstreams]:
+        config = plan.config
+        upstreams = Upstreams(config.routes, config.upstream_keepalive, plan.upstream_transports)
+        metrics = plan.observability.metrics
+        monitor = HealthMonitor(
+            plan.routes.upstream_of,
+            upstreams,
+            self._own.set_health,
+            config.health_check_interval,
+            on_change=None if metrics is None else metrics.upstream_health,
+        )
+        return monitor, upstreams
+
+    async def start(self) -> None:
+        """Listen, then report health: overall SERVING, each route as its upstream reports."""
+        await self.plan.policy.warm_up()
+        await self._engine.start()
+        # Each route's status first: once the gateway says SERVING, every route's status is known.
+        await self._monitor.check_all()
+        await self._own.set_health("", health_pb2.HealthCheckResponse.SERVING)
+        self._monitoring = asyncio.create_task(self._monitor.run())
+
+    async def reload(self, plan: Plan) -> None:
+        """Serve new calls by ``plan``; calls in flight finish by the plan they started with."""
+        kept = [
+            name for name in RESTART_ONLY if getattr(plan.config, name) != getattr(self.plan.config, name)
+        ]
+        if kept:
+            log.warning("config fields need a restart to change; kept as they were", extra={"fields": kept})
+        monitor, upstreams = self._health_monitor(plan)
+        await monitor.check_all()
+        previous, previous_upstreams = self.plan, self._upstreams
+        self._engine.swap(plan)
+        self.plan, self._upstreams = plan, upstreams
+        self._own.serve_routes(plan.routes)
+        for service in set(previous.routes.upstream_of) - set(plan.routes.upstream_of):
+            await self._own.set_health(service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+        if self._monitoring is not None:
+            self._monitoring.cancel()
+        self._monitor = monitor
+        self._monitoring = asyncio.create_task(monitor.run())
+
+        async def close_previous() -> None:
+            await asyncio.sleep(plan.config.shutdown_grace + 1)
+            await previous_upstreams.close()
+
+        closing = asyncio.create_task(close_previous())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def stop(self, grace: float) -> None:
+        """Turn health to NOT_SERVING, stop accepting calls, let in-flight calls finish within ``grace``."""
+        await self._own.enter_graceful_shutdown()
+        if self._monitoring is not None:
+            self._monitoring.cancel()
+        await self._engine.stop(grace)
+        await self._upstreams.close()
+        await self.plan.observability.close()
+
+
+async def serve(plan: Plan, reload: Reloader, reuse_port: bool = False) -> int:
+    """Run the gateway until SIGTERM or SIGINT; SIGHUP reloads the config through ``reload``."""
+    gateway = Gateway(plan, reuse_port)
+    metrics_server = plan.observability.metrics_server
+    if metrics_server is not None:
+        metrics_server.start()
+    await gateway.start()
+    config = plan.config
+    log.info(
+        "listening",
+        extra={
+            "address": config.listen,
+            "tls": "off" if config.tls is None else ("mtls" if config.tls.client_ca else "tls"),
+            "routes": dict(plan.routes.upstream_of),
+            "metrics": config.metrics_listen,
+        },
+    )
+
+    async def on_hangup() -> None:
+        try:
+            new_plan = reload(gateway.plan)
+        except ConfigError as error:
+            log.error("config reload rejected; the running config stays", extra={"error": str(error)})
+            return
+        await gateway.reload(new_plan)
+        log.info("config reloaded", extra={"routes": dict(new_plan.routes.upstream_of)})
+
+    reloads: set[asyncio.Task[None]] = set()
+
+    def hangup() -> None:
+        task = asyncio.ensure_future(on_hangup())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup)
+    await wait_for_stop_signal()
+    log.info("shutting down", extra={"grace_seconds": config.shutdown_grace})
+    await gateway.stop(config.shutdown_grace)
+    log.info("stopped")
+    return 0

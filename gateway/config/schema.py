@@ -1,0 +1,462 @@
+"""The gateway's configuration: one TOML file, validated into typed objects at start-up."""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import limits
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from gateway.config.keys import is_written_digest, key_problem, parse_written_digest
+from runtime.addresses import parse_host_port
+
+REFERENCE_CONFIG = Path(__file__).with_name("reference.toml")
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the field and the problem."""
+
+
+def _address(value: str) -> str:
+    parse_host_port(value)
+    return value
+
+
+def _rate(value: str) -> str:
+    try:
+        limits.parse(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a rate; write COUNT/PERIOD, e.g. '5/30 seconds' or '1000/minute'"
+        ) from None
+    return value
+
+
+Address = Annotated[str, AfterValidator(_address)]
+Rate = Annotated[str, AfterValidator(_rate)]
+Strategy = Literal["moving-window", "sliding-window-counter", "fixed-window"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _config_relative(value: Path, info: ValidationInfo) -> Path:
+    """A relative path is taken from the config file's folder (passed as validation context)."""
+    folder = (info.context or {}).get("config_folder")
+    return value if value.is_absolute() or folder is None else Path(folder) / value
+
+
+# A file named in the config: relative paths are taken from the config's folder.
+ConfigPath = Annotated[Path, AfterValidator(_config_relative)]
+
+
+def _printable(value: str) -> str:
+    if not (value.isascii() and value.isprintable()) or value != value.strip():
+        raise ValueError(
+            f"{value!r} must be printable ASCII without surrounding spaces (it travels in gRPC metadata)"
+        )
+    return value
+
+
+class ApiKey(_Strict):
+    """One API key: where it comes from, the client name it authenticates as, and what it may call."""
+
+    # Forwarded to upstreams as x-client-id, so it must be a valid metadata value.
+    client: Annotated[str, Field(min_length=1), AfterValidator(_printable)]
+    # Exactly one of: the key, or its digest written "sha256:<hex>" (`grpc-gateway hash-key` prints
+    # it), so that the file holds no usable secret; an environment variable holding the key; a file
+    # holding the key (one trailing newline is ignored).
+    key: SecretStr | None = None
+    key_env: str | None = Field(default=None, min_length=1)
+    key_file: ConfigPath | None = None
+    # Full service names and /package.Service/Method paths this key may call; empty: every routed one.
+    allow: tuple[str, ...] = ()
+
+    @field_validator("key")
+    @classmethod
+    def _usable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = value.get_secret_value()
+        if is_written_digest(text):
+            parse_written_digest(text)
+        elif (problem := key_problem(text)) is not None:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKey:
+        given = [name for name in ("key", "key_env", "key_file") if getattr(self, name) is not None]
+        if len(given) != 1:
+            found = f"got {' and '.join(given)}" if given else "got none"
+            raise ValueError(f"give exactly one of key, key_env or key_file ({found})")
+        return self
+
+
+class UpstreamTls(_Strict):
+    """TLS to an upstream: the CA to trust, and the gateway's own certificate if the upstream asks for one."""
+
+    # PEM file of the CA certificates that sign the upstream's certificate; default: the system's.
+    ca: ConfigPath | None = None
+    # The gateway's client certificate and its private key, for an upstream that wants mTLS.
+    cert: ConfigPath | None = None
+    key: ConfigPath | None = None
+    # The name the upstream's certificate must carry, when it is not the host of the upstream address.
+    server_name: str = ""
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> UpstreamTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("give both cert and key (the gateway's client certificate), or neither")
+        return self
+
+
+class RetryPolicy(_Strict):
+    """Retries of a route's idempotent methods, done by grpc core (a service config ``retryPolicy``)."""
+
+    # Methods of the route (short names, e.g. "GetUser") that are safe to send twice; only these are retried.
+    methods: tuple[str, ...] = Field(min_length=1)
+    # Attempts in all, the first included; grpc core allows at most 5.
+    max_attempts: int = Field(default=3, ge=2, le=5)
+    # Seconds before the first retry; each next one waits up to backoff_multiplier times longer.
+    initial_backoff: float = Field(default=0.05, gt=0, le=60)
+    max_backoff: float = Field(default=1.0, gt=0, le=300)
+    backoff_multiplier: float = Field(default=2.0, ge=1, le=10)
+
+
+def _ip_literal(address: str) -> int:
+    """4 or 6 for an IPv4 or IPv6 literal address, 0 for a host name."""
+    host, _ = parse_host_port(address)
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return 0
+
+
+class Route(_Strict):
+    """Calls to ``service`` (a full gRPC service name) go to ``upstream``, or round-robin to ``upstreams``."""
+
+    service: str = Field(min_length=1)
+    # One address. After validation it names the upstream either way (the ``upstreams`` joined by
+    # commas when those are given): one name, one channel.
+    upstream: Address = ""
+    # Several addresses of one upstream, balanced round-robin by grpc; one that is down is skipped.
+    # Filled from ``upstream`` when that is given, so code reads the addresses here.
+    upstreams: tuple[Address, ...] = ()
+    # Seconds a call may take when the caller sets no deadline (streams too); none: no limit.
+    default_timeout: float | None = Field(default=None, gt=0)
+    retry: RetryPolicy | None = None
+    # Reach the upstream over TLS (`tls = {}` trusts the system's CAs); plaintext when absent.
+    tls: UpstreamTls | None = None
+
+    @field_validator("service")
+    @classmethod
+    def _full_name(cls, value: str) -> str:
+        if "/" in value or value.startswith(".") or value.endswith("."):
+            raise ValueError(f"{value!r} is not a full service name such as 'shop.users.v1.UserService'")
+        return value
+
+    @field_validator("upstreams")
+    @classmethod
+    def _balanceable(cls, addresses: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(addresses)) != len(addresses):
+            raise ValueError("an address is listed twice")
+        if len(addresses) > 1:
+            # One grpc target ("ipv4:A,B") holds the list; it takes IP addresses of one family only.
+            families = {_ip_literal(address) for address in addresses}
+            if 0 in families:
+                raise ValueError(
+                    "list IP addresses (e.g. '10.0.0.5:50051') to balance between; a host name goes alone "
+                    "(upstreams = ['users.internal:50051']) and every address it resolves to is balanced"
+                )
+            if len(families) > 1:
+                raise ValueError("list IPv4 or IPv6 addresses, not both")
+        return addresses
+
+    @model_validator(mode="after")
+    def _one_upstream_form(self) -> Route:
+        if self.upstream and self.upstreams:
+            raise ValueError("give upstream or upstreams, not both")
+        if not self.upstream and not self.upstreams:
+            raise ValueError(
+                "no upstream: write upstream = 'HOST:PORT', or upstreams = ['HOST:PORT', ...] to balance"
+            )
+        if self.upstream:
+            object.__setattr__(self, "upstreams", (self.upstream,))
+        else:
+            object.__setattr__(self, "upstream", ",".join(self.upstreams))
+        return self
+
+
+class RateKey(_Strict):
+    """What a rule's budget is counted per: the client, the peer, a metadata value or a request field."""
+
+    kind: Literal["client", "peer", "metadata", "field"]
+    name: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> RateKey:
+        kind, _, name = text.partition(":")
+        if kind in ("client", "peer") and not name:
+            return cls.model_validate({"kind": kind})
+        if kind in ("metadata", "field") and name:
+            if kind == "metadata" and name != name.lower():
+                raise ValueError(f"metadata keys are lower case in gRPC: write 'metadata:{name.lower()}'")
+            return cls.model_validate({"kind": kind, "name": name})
+        raise ValueError(
+            f"{text!r} is not a rate-limit key; use 'client', 'peer', 'metadata:NAME' or 'field:NAME'"
+        )
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}" if self.name else self.kind
+
+
+class Rule(_Strict):
+    """A rate-limit rule. Every rule that covers a call must allow it."""
+
+    name: str = ""
+    rate: Rate
+    strategy: Strategy = "moving-window"
+    key: RateKey
+    # Full service names, or /package.Service/Method paths; empty means every routed service.
+    scope: tuple[str, ...] = ()
+    # Another rate for some clients (client name -> rate), e.g. a premium key with a higher limit.
+    overrides: dict[str, Rate] = Field(default_factory=dict)
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _parse_key(cls, value: Any) -> Any:
+        return RateKey.parse(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _default_name(self) -> Rule:
+        if not self.name:
+            object.__setattr__(self, "name", f"{self.rate} per {self.key}")
+        return self
+
+
+STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+cluster", "redis+sentinel")
+
+
+class RateLimit(_Strict):
+    # Where budgets live: memory:// (this process only) or a Redis URI shared by every replica.
+    storage: str = "memory://"
+    # What to do with a call when the storage fails or is slower than storage_timeout:
+    # "allow" it (fail open, as Envoy and Kong do by default) or "deny" it with UNAVAILABLE.
+    on_storage_error: Literal["allow", "deny"] = "allow"
+    # Seconds a call may wait on the storage before the failure mode applies.
+    storage_timeout: float = Field(default=0.05, gt=0, le=10)
+    rules: tuple[Rule, ...] = ()
+
+    @field_validator("storage")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        scheme, separator, _ = value.partition("://")
+        if not separator or scheme not in STORAGE_SCHEMES:
+            accepted = ", ".join(f"{s}://" for s in STORAGE_SCHEMES)
+            raise ValueError(f"{value!r} is not a storage URI this gateway knows; use one of {accepted}")
+        return value
+
+    @property
+    def shared(self) -> bool:
+        """Whether budgets are shared between processes (anything but memory://)."""
+        return not self.storage.startswith("memory://")
+
+
+class Reflection(_Strict):
+    # Serve reflection at all; and whether it needs a key (it lists and describes every routed service).
+    enabled: bool = True
+    public: bool = False
+
+    @model_validator(mode="after")
+    def _enabled_if_public(self) -> Reflection:
+        if self.public and not self.enabled:
+            raise ValueError("public = true needs enabled = true")
+        return self
+
+
+class Health(_Strict):
+    # grpc.health.v1 without a key, for load balancers; false makes it need a key like any call.
+    public: bool = True
+
+
+class ServerTls(_Strict):
+    """TLS on the gateway's listener; with ``client_ca``, clients must show a certificate it signed (mTLS)."""
+
+    cert: ConfigPath
+    key: ConfigPath
+    client_ca: ConfigPath | None = None
+
+
+class Auth(_Strict):
+    # After this many invalid keys from one address within failure_window seconds, every further call
+    # from that address is refused without a key check until the window ends. 0 turns this off.
+    max_failures: int = Field(default=20, ge=0)
+    failure_window: float = Field(default=60.0, gt=0, le=86400)
+
+
+class Limits(_Strict):
+    # Largest request message, in bytes (gRPC's default); a larger one is RESOURCE_EXHAUSTED.
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=2**31 - 1)
+    # Largest request metadata (all headers of a call), in bytes; a larger one is RESOURCE_EXHAUSTED.
+    # 8 KiB is what a gRPC server with default settings (an upstream) always accepts; above it, up to
+    # 16 KiB, it refuses at random.
+    max_metadata_bytes: int = Field(default=8 * 1024, ge=1024, le=1024 * 1024)
+
+
+class AccessLog(_Strict):
+    """One JSON line per call (see gateway/ops/accesslog.py)."""
+
+    enabled: bool = True
+    # "stderr", "stdout", or a file the lines are appended to (relative: from the config's folder).
+    destination: str = Field(default="stderr", min_length=1)
+    # The lines' log level: written only while --log-level lets this level through.
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("destination")
+    @classmethod
+    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        if value in ("stderr", "stdout"):
+            return value
+        return str(_config_relative(Path(value), info))
+
+
+class UpstreamKeepalive(_Strict):
+    """HTTP/2 keepalive pings on upstream connections, so that a dead peer is noticed (grpc.keepalive_*)."""
+
+    # Seconds without activity before a ping; 0 turns pings off. An upstream gRPC server refuses pings
+    # more often than every 5 minutes (grpc.http2.min_ping_interval_without_data_ms) unless told otherwise.
+    time: float = Field(default=300.0, ge=0)
+    # Seconds to wait for the ping's answer before the connection is closed and its calls fail UNAVAILABLE.
+    timeout: float = Field(default=20.0, gt=0)
+    # Also ping connections that carry no call (an idle upstream is then found dead before a call needs it).
+    without_calls: bool = False
+
+
+class StepConfig(_Strict):
+    """A step of the user's own in the call chain (see gateway/call/step.py for the interface)."""
+
+    # "package.module:Class", importable from the gateway's environment; the class is built with
+    # ``options`` as its keyword arguments.
+    use: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    # How logs, errors and other steps' after/before call it; default: the class name.
+    name: str = ""
+    # Exactly one: the step it follows or precedes ("metadata", "auth", "route", "rate_limit", or a
+    # user step listed earlier).
+    after: str | None = None
+    before: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    # Seconds an ``async def`` check may take before its call is refused UNAVAILABLE.
+    timeout: float = Field(default=1.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _one_place(self) -> StepConfig:
+        if (self.after is None) == (self.before is None):
+            raise ValueError("give exactly one of after or before: the step it goes next to")
+        return self
+
+
+class GatewayConfig(_Strict):
+    listen: Address = "127.0.0.1:50050"
+    # What carries the calls: "core" (grpcio's core layer, gateway/engines/core; about half the CPU per
+    # call) or "aio" (grpc.aio's public API). Same decisions, same replies; --engine overrides.
+    engine: Literal["core", "aio"] = "core"
+    # FileDescriptorSet files (protoc --include_imports --descriptor_set_out) for services from
+    # outside this repository; this project's own services are always known.
+    descriptor_sets: tuple[Path, ...] = ()
+    # Seconds between health checks of each upstream.
+    health_check_interval: float = Field(default=2.0, gt=0)
+    # Seconds that in-flight calls get to finish on SIGTERM or SIGINT.
+    shutdown_grace: float = Field(default=10.0, ge=0)
+    api_keys: tuple[ApiKey, ...] = Field(min_length=1)
+    routes: tuple[Route, ...] = Field(min_length=1)
+    rate_limit: RateLimit = RateLimit()
+    reflection: Reflection = Reflection()
+    health: Health = Health()
+    auth: Auth = Auth()
+    # TLS on the listener; plaintext when absent.
+    tls: ServerTls | None = None
+    limits: Limits = Limits()
+    # HOST:PORT of the Prometheus /metrics listener (--metrics-listen overrides); none: no metrics.
+    metrics_listen: Address | None = None
+    access_log: AccessLog = AccessLog()
+    upstream_keepalive: UpstreamKeepalive = UpstreamKeepalive()
+    # Steps of the user's own, placed in the call chain.
+    steps: tuple[StepConfig, ...] = ()
+
+    @field_validator("routes")
+    @classmethod
+    def _one_route_per_service(cls, routes: tuple[Route, ...]) -> tuple[Route, ...]:
+        seen: set[str] = set()
+        for route in routes:
+            if route.service in seen:
+                raise ValueError(f"service {route.service!r} is routed twice")
+            seen.add(route.service)
+        return routes
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    items = error.errors()
+    # A list whose items failed is also reported "too short"; that second message only misleads.
+    # (An item's own check, such as a route's, fails at the item's location, e.g. ("routes", 0).)
+    failed_inside = {tuple(item["loc"][:end]) for item in items for end in range(1, len(item["loc"]))}
+    for item in items:
+        if item["type"] == "too_short" and tuple(item["loc"]) in failed_inside:
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        problems.append(f"{_field_path(item['loc'])}: {message}")
+    return "; ".join(problems)
+
+
+def parse_config(data: dict[str, Any], origin: str) -> GatewayConfig:
+    """Validate already-parsed TOML data. Raises ConfigError naming each bad field."""
+    base = Path(origin).parent
+    try:
+        config = GatewayConfig.model_validate(data, context={"config_folder": base})
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+    resolved = tuple(p if p.is_absolute() else base / p for p in config.descriptor_sets)
+    return config.model_copy(update={"descriptor_sets": resolved})
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate a TOML config file. Relative paths in it are taken from its folder."""
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"cannot read the file ({error.strerror})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"not valid TOML: {error}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,75 @@
+"""The aio engine: grpc.aio's public API, one server for forwarded calls and the gateway's own.
+
+About twice the core engine's CPU per call; the fallback when grpcio's private core layer
+misbehaves (``engine = "aio"``). Same chain, same replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+
+from gateway.engines.aio.switchboard import HandlerTable, Switchboard
+from gateway.engines.base import TICK_SECONDS
+from gateway.ops.own_services import OwnServices
+from gateway.plan import Plan
+from gateway.routing.health import Upstreams
+from runtime.serving import listen
+
+
+def _upstreams(plan: Plan) -> Upstreams:
+    config = plan.config
+    return Upstreams(config.routes, config.upstream_keepalive, plan.upstream_transports)
+
+
+class AioEngine:
+    """Build inside the running event loop."""
+
+    def __init__(self, plan: Plan, own: OwnServices, reuse_port: bool) -> None:
+        self.plan = plan
+        self.port = 0
+        self._switchboard = Switchboard(HandlerTable(plan, _upstreams(plan)))
+        # Off unless asked (--workers): a second gateway could otherwise bind the port unnoticed.
+        options = [("grpc.so_reuseport", int(reuse_port)), *plan.server_options]
+        self._server = grpc.aio.server(interceptors=[self._switchboard], options=options)
+        own.register(self._server)
+        self._ticking: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self.port = listen(self._server, self.plan.config.listen, self.plan.server_credentials)
+        await self._server.start()
+        self._ticking = asyncio.create_task(self._tick_forever())
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            self.tick()
+
+    def swap(self, plan: Plan) -> None:
+        previous = self._switchboard.table
+        self._switchboard.table = HandlerTable(plan, _upstreams(plan))
+        self.plan = plan
+
+        # Calls in flight still use the old channels: close them once they have had time to end.
+        async def close_previous() -> None:
+            await asyncio.sleep(plan.config.shutdown_grace + 1)
+            await previous.upstreams.close()
+
+        closing = asyncio.ensure_future(close_previous())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    def tick(self) -> None:
+        """On the event loop, where this engine's decisions run too."""
+        self.plan.tick()
+
+    async def stop(self, grace: float) -> None:
+        await self._server.stop(grace)
+        if self._ticking is not None:
+            self._ticking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticking
+        await self._switchboard.table.upstreams.close()

@@ -1,0 +1,86 @@
+"""Transparent forwarding on grpc.aio: raw bytes in and out, one forwarder per routed method.
+
+The forwarder never decodes a message. It carries the caller's deadline, cancellation and
+metadata (as gateway/call/metadata.py says) to the upstream, and the upstream's initial metadata,
+messages, trailing metadata and status back, untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from gateway.call.metadata import forwarded
+from gateway.call.replies import reply_headers, unavailable_message, upstream_timeout
+from gateway.call.step import Call, Metadata
+from gateway.routing.table import MethodRoute
+
+
+class Forwarder:
+    """Forwards the calls of one method; built once per configuration."""
+
+    def __init__(self, route: MethodRoute, channel: grpc.aio.Channel) -> None:
+        self.route = route
+        kind = (
+            ("stream" if route.client_streaming else "unary")
+            + "_"
+            + ("stream" if route.server_streaming else "unary")
+        )
+        # No serializers: requests and replies stay raw bytes.
+        self._call = getattr(channel, kind)(route.path, request_serializer=None, response_deserializer=None)
+        self._default_timeout = route.default_timeout
+
+    async def unary_reply(self, request: Any, context: grpc.aio.ServicerContext, facts: Call) -> bytes:
+        call = self._call(
+            request,
+            timeout=upstream_timeout(context.time_remaining(), self._default_timeout),
+            metadata=forwarded(facts),
+        )
+        try:
+            reply: bytes = await call
+        except grpc.aio.AioRpcError as error:
+            await self._fail(context, facts, error, headers_sent=False)
+            raise
+        finally:
+            if not call.done():
+                call.cancel()
+        await context.send_initial_metadata(reply_headers(await call.initial_metadata(), facts))
+        context.set_trailing_metadata(tuple(await call.trailing_metadata()))
+        return reply
+
+    async def streamed_reply(self, request: Any, context: grpc.aio.ServicerContext, facts: Call) -> None:
+        call = self._call(
+            request,
+            timeout=upstream_timeout(context.time_remaining(), self._default_timeout),
+            metadata=forwarded(facts),
+        )
+        headers_sent = False
+        try:
+            # Awaiting initial metadata alone does not carry a cancel upstream: the finally does.
+            await context.send_initial_metadata(reply_headers(await call.initial_metadata(), facts))
+            headers_sent = True
+            async for reply in call:
+                await context.write(reply)
+            context.set_trailing_metadata(tuple(await call.trailing_metadata()))
+        except grpc.aio.AioRpcError as error:
+            await self._fail(context, facts, error, headers_sent=headers_sent)
+        finally:
+            if not call.done():
+                call.cancel()
+
+    async def _fail(
+        self, context: grpc.aio.ServicerContext, facts: Call, error: grpc.aio.AioRpcError, headers_sent: bool
+    ) -> None:
+        details = error.details() or ""
+        route = self.route
+        trailers: Metadata = tuple(error.trailing_metadata() or ())
+        unavailable = unavailable_message(route.upstream, route.service, error.code(), details, trailers)
+        if unavailable is not None:
+            if not headers_sent:
+                await context.send_initial_metadata(reply_headers(None, facts))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, unavailable)
+        if not headers_sent:
+            await context.send_initial_metadata(reply_headers(error.initial_metadata(), facts))
+        # Code and details unchanged, trailers (and grpc-status-details-bin in them) as they came.
+        await context.abort(error.code(), details, trailers)

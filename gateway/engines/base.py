@@ -1,0 +1,38 @@
+"""The engine protocol: what carries the calls of the gRPC door, as the gateway's app sees it.
+
+An engine owns its threads and loops: it takes calls off its listener, runs each one's method
+chain (inline, or on the event loop when a step waits), forwards admitted calls upstream and
+answers refused ones. It also runs the plan's periodic jobs (``Plan.tick``) on the thread its
+decisions run on. Nothing outside ``gateway/engines/`` knows which engine runs.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.ops.own_services import OwnServices
+from gateway.plan import Plan
+
+# How often an engine runs the plan's periodic jobs.
+TICK_SECONDS = 0.25
+
+
+class Engine(Protocol):
+    """Built with the first plan, the gateway's own services and whether to share the port
+    (``--workers``), inside the running event loop."""
+
+    port: int  # the port it listens on, once started
+
+    def __init__(self, plan: Plan, own: OwnServices, reuse_port: bool) -> None: ...
+
+    async def start(self) -> None:
+        """Listen and serve. Raises BindError when the address cannot be listened on."""
+
+    def swap(self, plan: Plan) -> None:
+        """Serve new calls by ``plan``; calls in flight finish by theirs. Old channels close later."""
+
+    def tick(self) -> None:
+        """Run the current plan's periodic jobs; the engine calls it every TICK_SECONDS itself."""
+
+    async def stop(self, grace: float) -> None:
+        """Take no new calls; let in-flight ones finish within ``grace`` seconds, then cancel them."""
