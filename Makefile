@@ -30,8 +30,9 @@ proto-check: proto
 	git diff --exit-code --stat -- generated
 	test -z "$$(git status --porcelain -- generated)"
 
+# CONFIG=path runs the gateway with another config, e.g. `make run CONFIG=examples/tenants.toml`.
 run: install
-	$(BIN)/python -m runtime.devstack
+	$(BIN)/python -m runtime.devstack $(if $(CONFIG),--config $(CONFIG))
 
 test: install
 	$(BIN)/python -m pytest

@@ -304,6 +304,31 @@ def test_auth_refusals(plan: Plan, metadata: tuple[tuple[str, str], ...], messag
     assert facts.rate_limit is None  # refused before the limiter: no budget spent
 
 
+def test_allow_lists_and_lockout(tmp_path: Any) -> None:
+    path = tmp_path / "gateway.toml"
+    reader = f'\n[[api_keys]]\nclient = "reader"\nkey = "reader-key"\nallow = ["{GET_USER}"]\n'
+    path.write_text(gateway_toml({USERS: "127.0.0.1:1"}) + reader + "\n[auth]\nmax_failures = 2\n")
+    quiet = Observability(None, None, AccessLog(AccessLogConfig(enabled=False)))
+    plan = load_plan(path, {}, lambda config: quiet)
+    listing = Call("grpc", LIST_USERS, (("x-api-key", "reader-key"),), lambda: "ipv4:10.0.0.9:5555", "r")
+    verdict = plan.chain.of(LIST_USERS).decide(listing)
+    assert verdict is not None
+    assert (verdict.code, verdict.message) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"client reader may not call {LIST_USERS}",
+    )
+    assert plan.chain.of(GET_USER).decide(get_user(101, (("x-api-key", "reader-key"),))) is None
+    for _ in range(2):  # two guesses from one address lock it out, the right key included
+        plan.chain.of(GET_USER).decide(get_user(101, (("x-api-key", "guess"),)))
+    locked = get_user(101)
+    verdict = plan.chain.of(GET_USER).decide(locked)
+    assert verdict is not None
+    assert verdict.code == grpc.StatusCode.UNAUTHENTICATED
+    assert verdict.message.startswith("too many invalid API keys from this address; try again in")
+    assert locked.auth_failure == "locked_out"
+    assert dict(verdict.trailers)["retry-after"] == "60"
+
+
 def test_an_unprintable_header_is_refused_before_auth(plan: Plan) -> None:
     facts = get_user(101, (("x-note", "caf\u00e9"),))
     verdict = plan.chain.of(GET_USER).decide(facts)

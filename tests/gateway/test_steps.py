@@ -13,6 +13,7 @@ from shop.users.v1 import users_pb2, users_pb2_grpc
 from tests.gateway.configs import USERS, gateway_toml, write_config
 from tests.gateway.conftest import start_gateway
 from tests.gateway.security_support import gateway_process, run_main
+from tests.gateway.test_operations_reload import hang_up, reloadable_gateway
 from tests.gateway.upstream_double import ECHO, FAIL_WITH_DETAILS, Recorder, start_upstream
 from tests.support.processes import stderr_text
 
@@ -201,3 +202,22 @@ def test_step_config_errors_name_the_table(case: str, tmp_path: Path) -> None:
     code, stderr = run_main("--config", str(config), "--listen", "127.0.0.1:0")
     assert code == 2
     assert expected in stderr
+
+
+async def test_a_reload_adds_a_step_and_refuses_a_broken_one(
+    tmp_path: Path, upstream: tuple[str, Recorder]
+) -> None:
+    address, _ = upstream
+    config = config_with(tmp_path, address, "")
+    with reloadable_gateway(config) as (gateway, process):
+        assert await (await get_user(gateway, ECHO, KEY)).code() == grpc.StatusCode.OK
+        config.write_text(config.read_text() + step("nowhere.steps:Check"))
+        await hang_up(process, "config reload rejected")
+        assert "steps[0].use: cannot import nowhere.steps" in stderr_text(process)
+        assert await (await get_user(gateway, ECHO, KEY)).code() == grpc.StatusCode.OK
+        config.write_text(config_with(tmp_path, address, TENANTS).read_text())
+        await hang_up(process, "config reloaded")
+        refused = await get_user(gateway, ECHO, KEY)
+        assert await refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+        allowed = await get_user(gateway, ECHO, KEY, ("x-tenant", "globex"))
+        assert await allowed.code() == grpc.StatusCode.OK
