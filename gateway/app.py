@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2
 
 from gateway.config.schema import ConfigError
 from gateway.engines import engine_named
+from gateway.engines.base import Retired
 from gateway.ops.own_services import OwnServices
 from gateway.plan import Plan, Reloader
 from gateway.routing.health import HealthMonitor, Upstreams
@@ -33,7 +34,7 @@ class Gateway:
         self._engine = engine_named(plan.config.engine)(plan, self._own, reuse_port)
         self._monitor, self._upstreams = self._health_monitor(plan)
         self._monitoring: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
+        self._retired = Retired()
 
     @property
     def port(self) -> int:
@@ -80,14 +81,8 @@ class Gateway:
             self._monitoring.cancel()
         self._monitor = monitor
         self._monitoring = asyncio.create_task(monitor.run())
-
-        async def close_previous() -> None:
-            await asyncio.sleep(plan.config.shutdown_grace + 1)
-            await previous_upstreams.close()
-
-        closing = asyncio.create_task(close_previous())
-        self._closing.add(closing)
-        closing.add_done_callback(self._closing.discard)
+        # Health checks in flight still use the old channels, as calls do the engine's.
+        self._retired.close_later(plan.config.shutdown_grace + 1, previous_upstreams.close)
 
     async def stop(self, grace: float) -> None:
         """Turn health to NOT_SERVING, stop accepting calls, let in-flight calls finish within ``grace``."""

@@ -8,6 +8,9 @@ decisions run on. Nothing outside ``gateway/engines/`` knows which engine runs.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+from collections.abc import Callable
 from typing import Protocol
 
 from gateway.ops.own_services import OwnServices
@@ -15,6 +18,26 @@ from gateway.plan import Plan
 
 # How often an engine runs the plan's periodic jobs.
 TICK_SECONDS = 0.25
+
+
+class Retired:
+    """What an earlier plan opened (upstream channels), closed once its calls have had time to end."""
+
+    def __init__(self) -> None:
+        self._closing: set[asyncio.Future[None]] = set()
+
+    def close_later(self, seconds: float, close: Callable[[], object]) -> None:
+        """Call ``close`` (and await what it returns, if anything) ``seconds`` from now."""
+
+        async def closed() -> None:
+            await asyncio.sleep(seconds)
+            result = close()
+            if inspect.isawaitable(result):
+                await result
+
+        closing = asyncio.ensure_future(closed())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
 
 class Engine(Protocol):

@@ -12,7 +12,7 @@ import contextlib
 import grpc
 
 from gateway.engines.aio.switchboard import HandlerTable, Switchboard
-from gateway.engines.base import TICK_SECONDS
+from gateway.engines.base import TICK_SECONDS, Retired
 from gateway.ops.own_services import OwnServices
 from gateway.plan import Plan
 from gateway.routing.health import Upstreams
@@ -36,7 +36,7 @@ class AioEngine:
         self._server = grpc.aio.server(interceptors=[self._switchboard], options=options)
         own.register(self._server)
         self._ticking: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
+        self._retired = Retired()
 
     async def start(self) -> None:
         self.port = listen(self._server, self.plan.config.listen, self.plan.server_credentials)
@@ -52,15 +52,7 @@ class AioEngine:
         previous = self._switchboard.table
         self._switchboard.table = HandlerTable(plan, _upstreams(plan))
         self.plan = plan
-
-        # Calls in flight still use the old channels: close them once they have had time to end.
-        async def close_previous() -> None:
-            await asyncio.sleep(plan.config.shutdown_grace + 1)
-            await previous.upstreams.close()
-
-        closing = asyncio.ensure_future(close_previous())
-        self._closing.add(closing)
-        closing.add_done_callback(self._closing.discard)
+        self._retired.close_later(plan.config.shutdown_grace + 1, previous.upstreams.close)
 
     def tick(self) -> None:
         """On the event loop, where this engine's decisions run too."""

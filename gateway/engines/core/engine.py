@@ -21,6 +21,7 @@ import tempfile
 
 import grpc
 
+from gateway.engines.base import Retired
 from gateway.engines.core.carrying import Carrying, Method
 from gateway.engines.core.channel import UpstreamChannel, open_channels
 from gateway.engines.core.listener import CoreListener
@@ -43,7 +44,7 @@ class CoreEngine:
         self._folder = tempfile.mkdtemp(prefix="grpc-gateway-")
         self._local_target = f"unix:{self._folder}/local.sock"
         self._listener: CoreListener | None = None
-        self._closing: set[asyncio.Task[None]] = set()
+        self._retired = Retired()
 
     def _carrying(self, plan: Plan) -> Carrying:
         config = plan.config
@@ -89,15 +90,7 @@ class CoreEngine:
             raise RuntimeError("CoreEngine.start() comes before swap()")
         previous, self._listener.carrying = self._listener.carrying, self._carrying(plan)
         self.plan = plan
-
-        # Calls in flight still use the old channels: close them once they have had time to end.
-        async def close_previous() -> None:
-            await asyncio.sleep(plan.config.shutdown_grace + 1)
-            previous.close()
-
-        closing = asyncio.ensure_future(close_previous())
-        self._closing.add(closing)
-        closing.add_done_callback(self._closing.discard)
+        self._retired.close_later(plan.config.shutdown_grace + 1, previous.close)
 
     def tick(self) -> None:
         """On the listener's thread, where memory-storage decisions run too."""
