@@ -42,7 +42,9 @@ class Gateway:
 
     def _health_monitor(self, plan: Plan) -> tuple[HealthMonitor, Upstreams]:
         config = plan.config
-        upstreams = Upstreams(config.routes, config.upstream_keepalive, plan.upstream_transports)
+        upstreams = Upstreams(
+            config.routes, config.upstream_keepalive, config.upstream_reconnect, plan.upstream_transports
+        )
         metrics = plan.observability.metrics
         monitor = HealthMonitor(
             plan.routes.upstream_of,

@@ -160,6 +160,8 @@ def load_plan(
     transports = upstream_transports(config.routes)
     steps = chain_steps(config, routes, policy, clients)
     observed = observability(config)
+    if policy.store.health is not None:
+        policy.store.health.watch(observed.metrics)  # the store's failures and mode, as metrics
     return Plan(
         config=config,
         routes=routes,

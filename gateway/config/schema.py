@@ -256,10 +256,14 @@ class RateLimit(_Strict):
     # Where budgets live: memory:// (this process only) or a Redis URI shared by every replica.
     storage: str = "memory://"
     # What to do with a call when the storage fails or is slower than storage_timeout:
-    # "allow" it (fail open, as Envoy and Kong do by default) or "deny" it with UNAVAILABLE.
-    on_storage_error: Literal["allow", "deny"] = "allow"
+    # "allow" it (fail open, as Envoy and Kong do by default), "deny" it with UNAVAILABLE, or
+    # "local": count it in this process against the rule's rate divided by `replicas`.
+    on_storage_error: Literal["allow", "deny", "local"] = "allow"
     # Seconds a call may wait on the storage before the failure mode applies.
     storage_timeout: float = Field(default=0.05, gt=0, le=10)
+    # How many gateway processes share the storage (replicas times --workers): in "local" mode each
+    # counts rate // replicas, so that together they let at most the rate through.
+    replicas: int = Field(default=1, ge=1, le=10000)
     rules: tuple[Rule, ...] = ()
 
     @field_validator("storage")
@@ -352,6 +356,21 @@ class UpstreamKeepalive(_Strict):
     without_calls: bool = False
 
 
+class UpstreamReconnect(_Strict):
+    """How soon grpc tries an upstream again after a connection to it failed (grpc's reconnect backoff)."""
+
+    # Seconds before the first new attempt; each failure makes the next wait 1.6 times longer, to `max`.
+    initial: float = Field(default=0.1, gt=0, le=60)
+    # Seconds between attempts at most: an upstream that comes back is used within about this long.
+    max: float = Field(default=2.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _initial_within_max(self) -> UpstreamReconnect:
+        if self.initial > self.max:
+            raise ValueError(f"initial ({self.initial}) is longer than max ({self.max})")
+        return self
+
+
 class StepConfig(_Strict):
     """A step of the user's own in the call chain (see gateway/call/step.py for the interface)."""
 
@@ -400,6 +419,7 @@ class GatewayConfig(_Strict):
     metrics_listen: Address | None = None
     access_log: AccessLog = AccessLog()
     upstream_keepalive: UpstreamKeepalive = UpstreamKeepalive()
+    upstream_reconnect: UpstreamReconnect = UpstreamReconnect()
     # Steps of the user's own, placed in the call chain.
     steps: tuple[StepConfig, ...] = ()
 

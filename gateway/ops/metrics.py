@@ -31,6 +31,13 @@ PREFIX = "grpc_gateway"
 # Seconds; from a fast local call (about a millisecond) to a long stream.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
+# Seconds a rate-limit decision on a shared store takes: a loopback Redis answers in a fraction of a
+# millisecond; the storage timeout (0.05 s by default) bounds it.
+DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+# The modes a replica's rate limiting can be in (see gateway/policy/ratelimit/outage.py).
+STORE_MODES = ("shared", "local", "open", "closed")
+
 # What auth failures are counted by; bound up front so that each series reads 0 before its first failure.
 AUTH_FAILURE_REASONS = ("missing_key", "invalid_key", "several_keys", "not_allowed", "locked_out")
 
@@ -97,6 +104,28 @@ class GatewayMetrics:
             "(then allowed or refused as rate_limit.on_storage_error says).",
             registry=self.registry,
         )
+        self._store_failures = Counter(
+            f"{PREFIX}_rate_limit_store_failures",
+            "Failed decisions on the shared rate-limit store, by kind: timeout, connection, protocol, "
+            "unexpected, or Redis's error word (readonly, clusterdown, moved, ..., else error).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self._decision_latency = Histogram(
+            f"{PREFIX}_rate_limit_decision_seconds",
+            "Time a rate-limit decision on the shared store took, answered or failed.",
+            buckets=DECISION_BUCKETS,
+            registry=self.registry,
+        )
+        self._store_mode = Gauge(
+            f"{PREFIX}_rate_limit_store_mode",
+            "1 for the mode this replica limits in: shared (the store answers), or while it fails, "
+            "local (a share of each budget in memory), open (calls allowed) or closed (refused).",
+            ["mode"],
+            registry=self.registry,
+        )
+        self._by_mode = {mode: self._store_mode.labels(mode) for mode in STORE_MODES}
+        self._by_kind: dict[str, Counter] = {}
         self._upstream_healthy = Gauge(
             f"{PREFIX}_upstream_healthy",
             "1 while a route's upstream reports SERVING to the gateway's health checks, else 0.",
@@ -123,6 +152,19 @@ class GatewayMetrics:
 
     def store_error(self) -> None:
         self._store_errors.inc()
+
+    def store_decided(self, seconds: float) -> None:
+        self._decision_latency.observe(seconds)
+
+    def store_failed(self, kind: str) -> None:
+        counter = self._by_kind.get(kind)
+        if counter is None:
+            counter = self._by_kind[kind] = self._store_failures.labels(kind)
+        counter.inc()
+
+    def store_mode(self, mode: str) -> None:
+        for name, gauge in self._by_mode.items():
+            gauge.set(1 if name == mode else 0)
 
     def upstream_health(self, service: str, upstream: str, serving: bool) -> None:
         self._upstream_healthy.labels(service, upstream).set(1 if serving else 0)

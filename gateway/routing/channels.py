@@ -1,4 +1,4 @@
-"""How each upstream channel is set up: its grpc target, service config and keepalive options.
+"""How each upstream channel is set up: its grpc target, service config, keepalive and reconnect options.
 
 Balancing, retries and keepalive are all left to grpc core, configured here once per channel:
 several addresses become one target (``ipv4:A,B``) balanced by grpc's ``round_robin`` policy,
@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from gateway.config.schema import Route, UpstreamKeepalive
+from gateway.config.schema import Route, UpstreamKeepalive, UpstreamReconnect
 from runtime.addresses import parse_host_port
 
 ChannelOption = tuple[str, str | int]
@@ -85,6 +85,23 @@ def keepalive_options(keepalive: UpstreamKeepalive) -> list[ChannelOption]:
     ]
 
 
+# grpc spreads each reconnect wait by ±20% (its backoff jitter): waits are set this much shorter, so
+# that the configured `max` is the longest wait there is.
+RECONNECT_JITTER = 0.2
+
+
+def reconnect_options(reconnect: UpstreamReconnect) -> list[ChannelOption]:
+    """grpc's reconnect backoff: without it grpc waits up to 120 s before trying an upstream again."""
+
+    def milliseconds(seconds: float) -> int:
+        return max(1, round(seconds * 1000 / (1 + RECONNECT_JITTER)))
+
+    return [
+        ("grpc.initial_reconnect_backoff_ms", milliseconds(reconnect.initial)),
+        ("grpc.max_reconnect_backoff_ms", milliseconds(reconnect.max)),
+    ]
+
+
 def routes_by_upstream(routes: Iterable[Route]) -> dict[str, list[Route]]:
     """Routes grouped by the upstream they share (one channel each)."""
     grouped: dict[str, list[Route]] = {}
@@ -93,11 +110,14 @@ def routes_by_upstream(routes: Iterable[Route]) -> dict[str, list[Route]]:
     return grouped
 
 
-def channel_options(routes: Sequence[Route], keepalive: UpstreamKeepalive) -> list[ChannelOption]:
+def channel_options(
+    routes: Sequence[Route], keepalive: UpstreamKeepalive, reconnect: UpstreamReconnect
+) -> list[ChannelOption]:
     """Every option of the channel that ``routes`` (sharing one upstream) are forwarded over."""
     return [
         ("grpc.service_config", json.dumps(service_config(routes))),
         # The service config above is the whole policy: never one looked up in DNS TXT records.
         ("grpc.service_config_disable_resolution", 1),
         *keepalive_options(keepalive),
+        *reconnect_options(reconnect),
     ]

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.config.schema import Route, UpstreamKeepalive
+from gateway.config.schema import Route, UpstreamKeepalive, UpstreamReconnect
 from gateway.routing import channels
 from gateway.routing.tls import UpstreamTransport, open_channel
 
@@ -31,6 +31,7 @@ class Upstreams:
         self,
         routes: Iterable[Route],
         keepalive: UpstreamKeepalive,
+        reconnect: UpstreamReconnect,
         transports: Mapping[str, UpstreamTransport] | None = None,
     ) -> None:
         # An upstream without a TLS transport is reached in plaintext.
@@ -39,7 +40,7 @@ class Upstreams:
             upstream: open_channel(
                 channels.target(shared[0].upstreams),
                 tls.get(upstream),
-                channels.channel_options(shared, keepalive),
+                channels.channel_options(shared, keepalive, reconnect),
             )
             for upstream, shared in channels.routes_by_upstream(routes).items()
         }

@@ -65,7 +65,7 @@ CASES = {
     ),
     "bad failure mode": (
         gateway_toml(GOOD_ROUTES, rules='[rate_limit]\non_storage_error = "maybe"\n' + PER_USER_RULE),
-        "rate_limit.on_storage_error: Input should be 'allow' or 'deny'",
+        "rate_limit.on_storage_error: Input should be 'allow', 'deny' or 'local'",
     ),
     "override for unknown client": (
         gateway_toml(GOOD_ROUTES, rules=PER_USER_RULE + 'overrides = { gold = "10/30 seconds" }\n'),

@@ -21,7 +21,9 @@ from runtime.serving import listen
 
 def _upstreams(plan: Plan) -> Upstreams:
     config = plan.config
-    return Upstreams(config.routes, config.upstream_keepalive, plan.upstream_transports)
+    return Upstreams(
+        config.routes, config.upstream_keepalive, config.upstream_reconnect, plan.upstream_transports
+    )
 
 
 class AioEngine:

@@ -12,7 +12,7 @@ from grpc._common import CYGRPC_STATUS_CODE_TO_STATUS_CODE
 from grpc._cython import cygrpc
 
 from gateway.call.step import Metadata
-from gateway.config.schema import Route, UpstreamKeepalive
+from gateway.config.schema import Route, UpstreamKeepalive, UpstreamReconnect
 from gateway.routing import channels
 from gateway.routing.tls import UpstreamTransport
 
@@ -106,12 +106,15 @@ def ignore(event: Any) -> None:
 
 
 def open_channels(
-    routes: Sequence[Route], keepalive: UpstreamKeepalive, transports: dict[str, UpstreamTransport]
+    routes: Sequence[Route],
+    keepalive: UpstreamKeepalive,
+    reconnect: UpstreamReconnect,
+    transports: dict[str, UpstreamTransport],
 ) -> dict[str, UpstreamChannel]:
     """One channel per upstream, set up as the aio engine's (gateway/routing/channels.py, tls.py)."""
     opened = {}
     for upstream, shared in channels.routes_by_upstream(routes).items():
-        options: list[tuple[str, Any]] = list(channels.channel_options(shared, keepalive))
+        options: list[tuple[str, Any]] = list(channels.channel_options(shared, keepalive, reconnect))
         transport = transports.get(upstream)
         credentials = None
         if transport is not None:

@@ -48,7 +48,9 @@ class CoreEngine:
 
     def _carrying(self, plan: Plan) -> Carrying:
         config = plan.config
-        channels = open_channels(config.routes, config.upstream_keepalive, plan.upstream_transports)
+        channels = open_channels(
+            config.routes, config.upstream_keepalive, config.upstream_reconnect, plan.upstream_transports
+        )
         local = UpstreamChannel("local", self._local_target, ())
         chain = plan.chain
         methods = {

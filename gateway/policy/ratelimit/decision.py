@@ -6,14 +6,13 @@ reply headers. A rule keyed by a request field reads the (first) request, decode
 
 On memory storage a decision never waits, so the step's check is plain ``def`` and runs inline on
 the door's thread; on a shared store (Redis) it is ``async def`` and runs on the event loop,
-bounded by the storage timeout.
+bounded by the storage timeout. When the store fails, ``on_storage_error`` decides: allow the call,
+refuse it UNAVAILABLE, or count it against this replica's share of the budget (``local``).
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -26,17 +25,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from gateway.call.metadata import API_KEY_HEADER
 from gateway.call.peers import peer_address
 from gateway.call.step import Call, Metadata, Refusal
-from gateway.policy.ratelimit.rules import (
-    MethodRule,
-    RateLimitPolicy,
-    StoreUnavailable,
-    Subject,
-    Verdict,
-    describe_rate,
-)
+from gateway.policy.ratelimit.remote import StoreUnavailable
+from gateway.policy.ratelimit.rules import MethodRule, RateLimitPolicy, Subject, Verdict, describe_rate
 from gateway.routing.table import RouteTable
-
-log = logging.getLogger(__name__)
 
 
 def _subject(method_rule: MethodRule, call: Call, message: Message | None, client: str) -> Subject:
@@ -88,39 +79,14 @@ def _refusal_trailers(verdict: Verdict, message: str, retry_after: int) -> Metad
     )
 
 
-class _StoreFailureLog:
-    """Logs storage failures once per interval, with how many calls they touched, not once per call."""
-
-    INTERVAL = 10.0
-
-    def __init__(self, fail_open: bool) -> None:
-        self._outcome = "allowed" if fail_open else "refused with UNAVAILABLE"
-        self._next_log = 0.0
-        self._unlogged = 0
-
-    def report(self, error: StoreUnavailable) -> None:
-        self._unlogged += 1
-        now = time.monotonic()
-        if now >= self._next_log:
-            log.warning(
-                "rate-limit store unavailable",
-                extra={"error": str(error), "calls": self._unlogged, "calls_were": self._outcome},
-            )
-            self._next_log = now + self.INTERVAL
-            self._unlogged = 0
-
-
 class _MethodLimit:
     """The rate-limit check of one method: its rules, and whether they read the request."""
 
     name = "rate_limit"
 
-    def __init__(
-        self, rules: tuple[MethodRule, ...], policy: RateLimitPolicy, failures: _StoreFailureLog
-    ) -> None:
+    def __init__(self, rules: tuple[MethodRule, ...], policy: RateLimitPolicy) -> None:
         self._rules = rules
         self._policy = policy
-        self._failures = failures
         self.reads_request = any(rule.field is not None for rule in rules)
 
     async def _decide(self, call: Call) -> Refusal | None:
@@ -132,14 +98,17 @@ class _MethodLimit:
         message = call.message() if self.reads_request else None
         client = call.client or ""
         subjects = tuple((rule, _subject(rule, call, message, client)) for rule in self._rules)
+        policy = self._policy
         try:
-            verdicts = await self._policy.spend(subjects, client)
-        except StoreUnavailable as error:
-            self._failures.report(error)
+            verdicts = await policy.spend(subjects, client)
+        except StoreUnavailable:
             call.rate_limit = "store_error"
-            if self._policy.fail_open:
+            if policy.on_storage_error == "local":
+                verdicts = await policy.spend_locally(subjects, client)
+            elif policy.fail_open:
                 return None
-            return Refusal(grpc.StatusCode.UNAVAILABLE, "rate-limit store unavailable")
+            else:
+                return Refusal(grpc.StatusCode.UNAVAILABLE, "rate-limit store unavailable")
         last = verdicts[-1]
         if not last.allowed:
             retry_after = max(1, math.ceil(last.reset_after))
@@ -185,12 +154,9 @@ class RateLimit:
     name = "rate_limit"
 
     def __init__(self, policy: RateLimitPolicy, routes: RouteTable) -> None:
-        failures = _StoreFailureLog(policy.fail_open)
         kind = _WaitingMethodLimit if policy.store.waits else _InlineMethodLimit
         self._checks: dict[str, _MethodLimit] = {
-            path: kind(policy.rules_for(path), policy, failures)
-            for path in routes.methods
-            if policy.rules_for(path)
+            path: kind(policy.rules_for(path), policy) for path in routes.methods if policy.rules_for(path)
         }
 
     def for_method(self, path: str | None) -> _MethodLimit | None:

@@ -1,7 +1,8 @@
-"""Rate-limit rules compiled at start-up, counted by the ``limits`` library's async strategies.
+"""Rate-limit rules compiled at start-up, and the spending of their budgets.
 
 This module knows rules, budgets and verdicts; it knows nothing of gRPC. The strategy is chosen
-by name and the storage by URI, so memory or Redis, moving or fixed window, is configuration.
+by name and the storage by URI, so memory or Redis, moving or fixed window, is configuration. In
+memory, the ``limits`` library's strategies count; in Redis, one script (``script.py``) does.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import limits
-import redis.asyncio
 from google.protobuf.descriptor import FieldDescriptor
 from limits.aio.strategies import (
     FixedWindowRateLimiter,
@@ -21,13 +21,13 @@ from limits.aio.strategies import (
     RateLimiter,
     SlidingWindowCounterRateLimiter,
 )
-from limits.errors import StorageError
-from limits.storage import storage_from_string
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from gateway.config.schema import ConfigError, RateKey, RateLimit, Rule
 from gateway.policy.ratelimit.memory import BoundedMemoryStorage
+from gateway.policy.ratelimit.outage import StoreHealth
+from gateway.policy.ratelimit.remote import RedisStore, StoreUnavailable
+from gateway.policy.ratelimit.script import STRATEGY_CODES, budget_keys
+from gateway.policy.ratelimit.topology import StorageURIError
 from gateway.routing.table import MethodRoute, RouteTable
 
 STRATEGIES: dict[str, type[RateLimiter]] = {
@@ -50,12 +50,27 @@ class CompiledRule:
     name: str
     key: RateKey
     item: limits.RateLimitItem
+    strategy: str
+    # Counts in this process: on memory storage, or a shared store's local share while it is down.
     limiter: RateLimiter
     # Clients with a rate of their own (a premium key, say).
     overrides: dict[str, limits.RateLimitItem] = field(default_factory=dict)
+    # on_storage_error = "local": how many replicas split the rate while the shared store is down.
+    share: int = 1
 
     def item_for(self, client: str) -> limits.RateLimitItem:
         return self.overrides.get(client, self.item)
+
+    def local_item_for(self, client: str) -> limits.RateLimitItem:
+        """This replica's share of the client's rate (at most the rate, over every replica)."""
+        item = self.item_for(client)
+        if self.share == 1:
+            return item
+        return type(item)(item.amount // self.share, item.multiples, item.namespace)
+
+    def script_arguments(self, item: limits.RateLimitItem) -> tuple[bytes, bytes, bytes]:
+        """The rule's ARGV for the Redis script: strategy, limit, period in seconds."""
+        return (b"%d" % STRATEGY_CODES[self.strategy], b"%d" % item.amount, b"%d" % item.get_expiry())
 
 
 @dataclass(frozen=True)
@@ -86,63 +101,55 @@ class Subject:
     label: str
 
 
-class StoreUnavailable(Exception):
-    """The rate-limit storage failed, or did not answer within the storage timeout."""
-
-
-# Connections to a plain Redis per gateway process; a call waits for a free one.
-REDIS_POOL_SIZE = 64
-
-
-# Connections opened before the first call (see RateLimitPolicy.warm_up).
-WARM_CONNECTIONS = 16
-
-
-# Expired memory-storage keys dropped per tick (see Store.tick).
+# Expired memory keys dropped per tick (see Store.tick), or per sweep of local budgets.
 SWEEP_PER_TICK = 2000
 
+# Seconds between sweeps of the local budgets (on_storage_error = "local"), made by decisions.
+LOCAL_SWEEP_SECONDS = 1.0
 
-@dataclass(frozen=True)
+
 class Store:
-    """A ``limits`` storage; the connection pool behind it when it is a plain Redis; and ``memory``,
-    the same storage when it is this process's own."""
+    """Where budgets live: this process's memory, or a shared Redis (``remote``).
 
-    storage: Any
-    redis_pool: redis.asyncio.BlockingConnectionPool | None = None
-    memory: BoundedMemoryStorage | None = None
+    With a shared store, ``memory`` holds the local budgets of ``on_storage_error = "local"``, used
+    while the store is down; ``health`` follows the store's failures.
+    """
+
+    def __init__(self, remote: RedisStore | None = None) -> None:
+        self.memory = BoundedMemoryStorage()
+        self.remote = remote
+        self.health = StoreHealth(remote.uri) if remote is not None else None
+        self._next_sweep = 0.0
 
     @property
     def waits(self) -> bool:
         """Whether a decision waits on the network (anything but memory)."""
-        return self.memory is None
+        return self.remote is not None
 
     def tick(self) -> None:
-        """The store's periodic job: reclaim expired memory keys, a batch at a time."""
-        if self.memory is not None:
+        """The store's periodic job, on the thread memory decisions run on: reclaim expired keys."""
+        if self.remote is None:
+            self.memory.sweep(SWEEP_PER_TICK)
+
+    def sweep_local(self) -> None:
+        """Reclaim expired local budgets, now and then: on the event loop, where they are spent."""
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + LOCAL_SWEEP_SECONDS
             self.memory.sweep(SWEEP_PER_TICK)
 
 
-def open_storage(uri: str, timeout: float) -> Store:
-    """The storage behind a ``storage`` URI. Memory is this process's own; Redis is shared."""
+def open_storage(uri: str) -> Store:
+    """The storage behind a ``storage`` URI. Memory is this process's own; Redis is shared.
+
+    Raises:
+        ConfigError: the URI cannot be used.
+    """
     if uri.startswith("memory://"):
-        memory = BoundedMemoryStorage()
-        return Store(memory, memory=memory)
-    # redis-py rather than limits' default client (coredis): under concurrency coredis was seen
-    # losing connections and retrying, and a retried script can count one call twice.
-    options: dict[str, Any] = {"implementation": "redispy"}
-    pool = None
-    if uri.startswith(("redis://", "rediss://")):
-        pool = options["connection_pool"] = redis.asyncio.BlockingConnectionPool.from_url(
-            uri,
-            max_connections=REDIS_POOL_SIZE,
-            timeout=timeout,
-            # Never retried: a command lost with its connection may already have counted.
-            retry=Retry(NoBackoff(), 0),
-        )
+        return Store()
     try:
-        # Wrapped, every backend's failure is one StorageError.
-        return Store(storage_from_string(f"async+{uri}", wrap_exceptions=True, **options), pool)
-    except (limits.errors.ConfigurationError, ValueError) as error:
+        return Store(RedisStore(uri))
+    except StorageURIError as error:
         raise ConfigError(f"rate_limit.storage: {error}") from None
 
 
@@ -153,16 +160,16 @@ class RateLimitPolicy:
         self, config: RateLimit, routes: RouteTable, clients: Iterable[str], store: Store | None = None
     ) -> None:
         # A reload passes the store on, so budgets already spent stay spent.
-        self.store = store if store is not None else open_storage(config.storage, config.storage_timeout)
-        self.storage = storage = self.store.storage
-        # Memory cannot hang; a network store gets a deadline per call.
-        self.timeout = config.storage_timeout if config.shared else None
+        self.store = store if store is not None else open_storage(config.storage)
+        self.timeout = config.storage_timeout
+        self.on_storage_error = config.on_storage_error
         self.fail_open = config.on_storage_error == "allow"
         self.storage_uri = config.storage
+        share = config.replicas if config.on_storage_error == "local" and self.store.waits else 1
         known_clients = set(clients)
         self._rules_of: dict[str, tuple[MethodRule, ...]] = {path: () for path in routes.methods}
         for index, rule in enumerate(config.rules):
-            compiled = _compile(rule, index, storage, known_clients)
+            compiled = _compile(rule, index, self.store.memory, known_clients, share)
             for path in _covered_methods(rule, index, routes):
                 method_rule = MethodRule(compiled, _key_field(rule, index, routes.methods[path]))
                 self._rules_of[path] = (*self._rules_of[path], method_rule)
@@ -171,22 +178,14 @@ class RateLimitPolicy:
         return self._rules_of.get(path, ())
 
     async def warm_up(self) -> None:
-        """Open connections to a Redis store before calls need them.
+        """Connect to a shared store (every node of a Cluster) before calls need it.
 
         A burst of calls at start-up would otherwise spend its storage timeout on connecting, and be
         let through (or refused) unchecked. A store that cannot be reached now is not an error here:
         calls meet it as configured (on_storage_error).
         """
-        pool = self.store.redis_pool
-        if pool is None:
-            return
-        opened = await asyncio.gather(
-            *(pool.get_connection() for _ in range(WARM_CONNECTIONS)),  # type: ignore[no-untyped-call]
-            return_exceptions=True,
-        )
-        for connection in opened:
-            if not isinstance(connection, BaseException):
-                await pool.release(connection)
+        if self.store.remote is not None:
+            await self.store.remote.start()
 
     async def spend(self, rules: tuple[tuple[MethodRule, Subject], ...], client: str) -> list[Verdict]:
         """Spend one unit of each rule's budget, in order, stopping at the first rule that refuses.
@@ -194,24 +193,49 @@ class RateLimitPolicy:
         The last verdict is the refusal, if there is one.
 
         Raises:
-            StoreUnavailable: the storage failed or took longer than the storage timeout in all.
+            StoreUnavailable: the storage failed or took longer than the storage timeout in all
+                (already counted and logged).
         """
+        store = self.store
+        remote = store.remote
+        if remote is None:
+            return await _spend(rules, client)
+        assert store.health is not None
+        started = time.perf_counter()
         try:
-            if self.timeout is None:
-                return await _spend(rules, client)
             async with asyncio.timeout(self.timeout):
-                return await _spend(rules, client)
+                verdicts = await _spend_remote(remote, rules, client)
         except TimeoutError:
-            raise StoreUnavailable(f"no answer from {self.storage_uri} within {self.timeout} s") from None
-        except (StorageError, OSError) as error:
-            raise StoreUnavailable(f"{self.storage_uri}: {error}") from error
+            failure = StoreUnavailable(
+                f"no answer from {self.storage_uri} within {self.timeout} s", "timeout"
+            )
+        except StoreUnavailable as error:
+            failure = error
+        except Exception as error:  # whatever else fails on the way is the store's failure too
+            failure = StoreUnavailable(f"{self.storage_uri}: {type(error).__name__}: {error}", "unexpected")
+        else:
+            store.health.answered(time.perf_counter() - started)
+            if store.memory.windows or store.memory.storage:  # local budgets left by an outage
+                store.sweep_local()
+            return verdicts
+        store.health.failed(failure.kind, str(failure), time.perf_counter() - started, self.on_storage_error)
+        raise failure
+
+    async def spend_locally(
+        self, rules: tuple[tuple[MethodRule, Subject], ...], client: str
+    ) -> list[Verdict]:
+        """Spend this replica's share of each budget, in memory (the shared store is down)."""
+        self.store.sweep_local()
+        return await _spend(rules, client, local=True)
 
 
-async def _spend(rules: tuple[tuple[MethodRule, Subject], ...], client: str) -> list[Verdict]:
+async def _spend(
+    rules: tuple[tuple[MethodRule, Subject], ...], client: str, local: bool = False
+) -> list[Verdict]:
     verdicts = []
     for method_rule, subject in rules:
         rule = method_rule.rule
-        item = rule.item_for(client)
+        item = rule.local_item_for(client) if local else rule.item_for(client)
         allowed = await rule.limiter.hit(item, rule.name, subject.identifier)
         stats = await rule.limiter.get_window_stats(item, rule.name, subject.identifier)
         reset_after = max(0.0, stats.reset_time - time.time())
@@ -221,7 +245,35 @@ async def _spend(rules: tuple[tuple[MethodRule, Subject], ...], client: str) -> 
     return verdicts
 
 
-def _compile(rule: Rule, index: int, storage: Any, clients: set[str]) -> CompiledRule:
+async def _spend_remote(
+    remote: RedisStore, rules: tuple[tuple[MethodRule, Subject], ...], client: str
+) -> list[Verdict]:
+    """One script call for all the rules on one server; in a Cluster, one per rule, in order."""
+    groups = (rules,) if remote.one_server else tuple((rule,) for rule in rules)
+    verdicts = []
+    for group in groups:
+        keys: list[bytes] = []
+        arguments: list[bytes] = []
+        items = []
+        for method_rule, subject in group:
+            rule = method_rule.rule
+            item = rule.item_for(client)
+            items.append(item)
+            keys.extend(budget_keys(item.key_for(rule.name, subject.identifier)))
+            arguments.extend(rule.script_arguments(item))
+        outcomes = await remote.spend(keys, arguments)
+        for (method_rule, subject), item, (allowed, remaining, reset_ms) in zip(
+            group, items, outcomes, strict=False
+        ):
+            verdicts.append(
+                Verdict(method_rule.rule, item, subject.label, allowed, remaining, reset_ms / 1000)
+            )
+        if not outcomes[-1][0]:
+            break
+    return verdicts
+
+
+def _compile(rule: Rule, index: int, storage: Any, clients: set[str], share: int) -> CompiledRule:
     overrides = {}
     for client, rate in rule.overrides.items():
         if client not in clients:
@@ -229,10 +281,22 @@ def _compile(rule: Rule, index: int, storage: Any, clients: set[str]) -> Compile
                 f"rate_limit.rules[{index}].overrides: no API key has client name {client!r} "
                 f"(known: {', '.join(sorted(clients))})"
             )
-        overrides[client] = limits.parse(rate)
+        overrides[client] = _split(limits.parse(rate), share, f"rate_limit.rules[{index}].overrides.{client}")
+    item = _split(limits.parse(rule.rate), share, f"rate_limit.rules[{index}].rate")
     return CompiledRule(
-        rule.name, rule.key, limits.parse(rule.rate), STRATEGIES[rule.strategy](storage), overrides
+        rule.name, rule.key, item, rule.strategy, STRATEGIES[rule.strategy](storage), overrides, share
     )
+
+
+def _split(item: limits.RateLimitItem, share: int, field: str) -> limits.RateLimitItem:
+    """``item``, checked to leave every one of ``share`` replicas at least one call in local mode."""
+    if item.amount < share:
+        raise ConfigError(
+            f"{field}: {describe_rate(item)} cannot be split over rate_limit.replicas = {share} "
+            f'for on_storage_error = "local" (a replica would get no call at all); lower replicas, '
+            "raise the rate, or choose allow or deny"
+        )
+    return item
 
 
 def _covered_methods(rule: Rule, index: int, routes: RouteTable) -> list[str]:

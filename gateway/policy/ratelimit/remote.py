@@ -1,0 +1,138 @@
+"""Budgets in Redis: one script call per decision (per rule in a Cluster), never a second increment.
+
+Whatever goes wrong on the way (no connection, a lost one, an error reply, a reply of the wrong
+shape, a cluster that is down or moving) is a :class:`StoreUnavailable` with a ``kind`` for the
+metrics; the caller's timeout covers the rest. A command is sent again only when Redis said it
+did not run it: ``NOSCRIPT`` (sent once more with the script's body), ``MOVED`` and ``ASK`` (sent
+once to the node named).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from gateway.policy.ratelimit.connection import ConnectionLost, Link
+from gateway.policy.ratelimit.resp import Reply, ReplyError, encode
+from gateway.policy.ratelimit.script import SCRIPT, SHA
+from gateway.policy.ratelimit.topology import Cluster, Sentinel, Single, parse_uri
+
+# Error replies counted under a kind of their own; any other is "error".
+KNOWN_ERRORS = frozenset(
+    {"MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "OOM", "NOAUTH"}
+)
+
+ASKING = encode(b"ASKING")
+
+# An outcome of one rule: allowed, remaining, milliseconds until there is room again.
+Outcome = tuple[bool, int, int]
+
+
+class StoreUnavailable(Exception):
+    """The rate-limit storage failed, or did not answer within the storage timeout.
+
+    ``kind``: ``timeout``, ``connection``, ``protocol``, or an error reply's word (``readonly``,
+    ``clusterdown``…, else ``error``).
+    """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class RedisStore:
+    """The Redis behind a ``redis://``, ``rediss://``, ``redis+sentinel://`` or ``redis+cluster://`` URI.
+
+    Raises (on construction):
+        StorageURIError: the URI is not one this store can use.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        parsed = parse_uri(uri)
+        self.topology: Single | Cluster
+        if parsed.scheme == "redis+cluster":
+            self.topology = Cluster(parsed)
+        elif parsed.scheme == "redis+sentinel":
+            self.topology = Sentinel(parsed)
+        else:
+            self.topology = Single(parsed)
+        # A call's rules all go to one server in one script call, unless the budgets are spread
+        # over a Cluster's nodes: then one call per rule.
+        self.one_server = self.topology.one_server
+
+    async def start(self) -> None:
+        """Connect before the first decision needs it; a server down now is not an error here."""
+        await self.topology.start()
+
+    def close(self) -> None:
+        self.topology.close()
+
+    async def spend(self, keys: Sequence[bytes], arguments: Sequence[bytes]) -> list[Outcome]:
+        """Run the script for one group of rules (``keys``: two per rule; ``arguments``: three).
+
+        Raises:
+            StoreUnavailable: Redis failed, or answered what the script never returns.
+        """
+        topology = self.topology
+        link = topology.link_for(keys[0])
+        command = encode(b"EVALSHA", SHA, len(keys), *keys, *arguments)
+        reply = await _send(link, command)
+        if isinstance(reply, ReplyError):
+            reply = await self._not_run(reply, link, command, keys, arguments)
+        if not isinstance(reply, list) or len(reply) % 3 or not all(isinstance(n, int) for n in reply):
+            raise StoreUnavailable(f"{self.uri}: the script answered {reply!r}", "protocol")
+        values: list[int] = reply  # type: ignore[assignment]
+        return [(values[i] == 1, values[i + 1], values[i + 2]) for i in range(0, len(values), 3)]
+
+    async def _not_run(
+        self,
+        error: ReplyError,
+        link: Link,
+        command: bytes,
+        keys: Sequence[bytes],
+        arguments: Sequence[bytes],
+    ) -> Reply:
+        """Send again what Redis did not run, where it says to; else the error is the store's failure."""
+        kind = error.kind
+        if kind == "NOSCRIPT":  # a script cache flushed since the connection loaded it
+            return _unless_error(await _send(link, encode(b"EVAL", SCRIPT, len(keys), *keys, *arguments)))
+        if kind in ("MOVED", "ASK"):
+            self.topology.changed()
+            parts = str(error).split(" ")
+            target = self.topology.link_at(parts[2]) if len(parts) == 3 else None
+            if target is not None:
+                return _unless_error(await _send(target, command, asking=kind == "ASK"))
+        if kind == "READONLY":  # a demoted master: find the new one
+            self.topology.changed()
+        raise _failure(error)
+
+
+async def _send(link: Link, command: bytes, asking: bool = False) -> Reply:
+    try:
+        if not asking:
+            return await link.send(command)
+        # ASK: this one command may run on the importing node, if ASKING precedes it there.
+        connection = await link.connection()
+        connection.send(ASKING).add_done_callback(_ignore)
+        return await connection.send(command)
+    except (ConnectionLost, OSError) as error:
+        raise StoreUnavailable(f"{link.name}: {error}", "connection") from None
+    except ReplyError as error:  # a handshake that failed (a wrong password, a replica)
+        raise _failure(error) from None
+
+
+def _ignore(done: asyncio.Future[Reply]) -> None:
+    if not done.cancelled():
+        done.exception()  # retrieved: a lost connection fails the command that follows anyway
+
+
+def _unless_error(reply: Reply) -> Reply:
+    if isinstance(reply, ReplyError):
+        raise _failure(reply)
+    return reply
+
+
+def _failure(error: ReplyError) -> StoreUnavailable:
+    kind = error.kind
+    return StoreUnavailable(f"redis: {error}", kind.lower() if kind in KNOWN_ERRORS else "error")
