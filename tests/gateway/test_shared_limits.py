@@ -29,12 +29,15 @@ OK, REFUSED = grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED
 COUNTING_TIMEOUT = 5.0
 
 
-def limits_toml(storage: str, rate: str, on_error: str = "allow", timeout: float = COUNTING_TIMEOUT) -> str:
+def limits_toml(
+    storage: str, rate: str, on_error: str = "allow", timeout: float = COUNTING_TIMEOUT, replicas: int = 1
+) -> str:
     return f"""
 [rate_limit]
 storage = "{storage}"
 on_storage_error = "{on_error}"
 storage_timeout = {timeout}
+replicas = {replicas}
 
 [[rate_limit.rules]]
 name = "per-user"

@@ -1,4 +1,6 @@
-"""A real redis-server on a free loopback port, started and stopped by the tests themselves."""
+"""Real redis-server processes on free loopback ports, started and stopped by the tests themselves:
+one server, a Cluster of three masters (``redis-cli --cluster create``), or a master, a replica and
+a sentinel."""
 
 from __future__ import annotations
 
@@ -8,21 +10,51 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from gateway.policy.ratelimit.resp import Reply, ReplyParser, encode
 from tests.support.processes import free_port
 
 
-def _redis_binary() -> str:
-    binary = shutil.which("redis-server")
+def _binary(name: str = "redis-server") -> str:
+    binary = shutil.which(name)
     if binary is None:
         if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed: CI must install it (.ci/run does)")
-        pytest.skip("redis-server is not installed; the Redis tests need it")
+            pytest.fail(f"{name} is not installed: CI must install it (.ci/run does)")
+        pytest.skip(f"{name} is not installed; the Redis tests need it")
     return binary
+
+
+def command(port: int, *arguments: bytes | str | int) -> Reply:
+    """One command to 127.0.0.1:``port``, its reply (an error reply is returned, not raised)."""
+    parser = ReplyParser()
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as connection:
+        connection.sendall(encode(*arguments))
+        while True:
+            data = connection.recv(65536)
+            if not data:
+                raise ConnectionError(f"redis on port {port} closed the connection")
+            replies = parser.feed(data)
+            if replies:
+                return replies[0]
+
+
+def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not within {within} s")
+        time.sleep(0.02)
 
 
 def _answers_ping(port: int) -> bool:
@@ -37,24 +69,28 @@ def _answers_ping(port: int) -> bool:
 class RedisServer:
     """One redis-server process; tests can kill, freeze and restart it on the same port."""
 
-    def __init__(self, binary: str, port: int) -> None:
+    def __init__(
+        self, binary: str, port: int, options: tuple[str, ...] = (), sentinel: Path | None = None
+    ) -> None:
         self.binary = binary
         self.port = port
         self.url = f"redis://127.0.0.1:{port}"
+        self.options = options
+        self.sentinel = sentinel  # a sentinel's config file: run as a sentinel
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> None:
+        first = [str(self.sentinel), "--sentinel"] if self.sentinel is not None else []
         self.process = subprocess.Popen(
             [
                 self.binary,
+                *first,
                 "--port",
                 str(self.port),
                 "--bind",
                 "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
+                *([] if self.sentinel is not None else ["--save", "", "--appendonly", "no"]),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -79,14 +115,139 @@ class RedisServer:
         self.process.send_signal(signal.SIGCONT)
 
 
+def _stop(servers: list[RedisServer]) -> None:
+    for server in servers:
+        if server.process is not None and server.process.poll() is None:
+            server.thaw()
+        server.kill()
+
+
 @contextmanager
 def redis_server() -> Iterator[RedisServer]:
     """A fresh redis-server on a free port for the duration of the block."""
-    server = RedisServer(_redis_binary(), free_port())
+    server = RedisServer(_binary(), free_port())
     server.start()
     try:
         yield server
     finally:
-        if server.process is not None and server.process.poll() is None:
-            server.thaw()
-        server.kill()
+        _stop([server])
+
+
+@dataclass
+class RedisCluster:
+    """Three masters, no replicas; a master that is killed keeps its slots until it is back."""
+
+    masters: list[RedisServer]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{master.port}" for master in self.masters)
+
+    def slots_of(self, master: RedisServer) -> list[tuple[int, int]]:
+        """The slot ranges ``master`` serves, as the cluster maps them."""
+        ranges = []
+        for entry in command(self.masters[0].port, "CLUSTER", "SLOTS"):  # type: ignore[union-attr]
+            first, last, owner = entry[0], entry[1], entry[2]  # type: ignore[index]
+            if owner[1] == master.port:  # type: ignore[index]
+                ranges.append((first, last))
+        return ranges  # type: ignore[return-value]
+
+    def healthy(self) -> bool:
+        """Every master up and every node says the cluster is ok."""
+        return all(
+            b"cluster_state:ok" in command(master.port, "CLUSTER", "INFO")  # type: ignore[operator]
+            for master in self.masters
+        )
+
+
+@contextmanager
+def redis_cluster(folder: Path) -> Iterator[RedisCluster]:
+    """A Cluster of three masters made with ``redis-cli --cluster create``, up until the block ends.
+
+    A node that is down is noticed within a second (``cluster-node-timeout``), and the others keep
+    serving their slots (``cluster-require-full-coverage no``).
+    """
+    binary = _binary()
+    masters = []
+    for _ in range(3):
+        port = free_port()
+        options = (
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", str(folder / f"nodes-{port}.conf"),
+            # The bus port of its own: PORT + 10000 (the default) may be past 65535.
+            "--cluster-port", str(free_port()),
+            "--cluster-node-timeout", "1000",
+            "--cluster-require-full-coverage", "no",
+            "--dir", str(folder),
+        )  # fmt: skip
+        masters.append(RedisServer(binary, port, options))
+    try:
+        for master in masters:
+            master.start()
+        subprocess.run(
+            [
+                _binary("redis-cli"),
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{master.port}" for master in masters),
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        cluster = RedisCluster(masters)
+        wait_until(cluster.healthy, 15, "cluster_state:ok on every node")
+        yield cluster
+    finally:
+        _stop(masters)
+
+
+@dataclass
+class RedisSentinel:
+    """A master, its replica and one sentinel watching them as SERVICE."""
+
+    master: RedisServer
+    replica: RedisServer
+    sentinel: RedisServer
+
+    SERVICE = "gateway"
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.SERVICE}"
+
+    def named_master(self) -> int:
+        """The port the sentinel names as master now."""
+        reply = command(self.sentinel.port, "SENTINEL", "get-master-addr-by-name", self.SERVICE)
+        assert isinstance(reply, list)
+        return int(reply[1])  # type: ignore[arg-type]
+
+
+@contextmanager
+def redis_sentinel(folder: Path) -> Iterator[RedisSentinel]:
+    """A master, a replica of it and a sentinel that fails over within about a second of a death."""
+    binary = _binary()
+    master = RedisServer(binary, free_port())
+    replica = RedisServer(binary, free_port(), ("--replicaof", "127.0.0.1", str(master.port)))
+    config = folder / "sentinel.conf"
+    config.write_text(
+        f"sentinel monitor {RedisSentinel.SERVICE} 127.0.0.1 {master.port} 1\n"
+        f"sentinel down-after-milliseconds {RedisSentinel.SERVICE} 500\n"
+        f"sentinel failover-timeout {RedisSentinel.SERVICE} 2000\n"
+    )
+    sentinel = RedisServer(binary, free_port(), sentinel=config)
+    servers = [master, replica, sentinel]
+    try:
+        for server in servers:
+            server.start()
+        in_sync = b"master_link_status:up"
+        wait_until(lambda: in_sync in command(replica.port, "INFO", "replication"), 10, "the replica in sync")  # type: ignore[operator]
+        wait_until(
+            lambda: bool(command(sentinel.port, "SENTINEL", "replicas", RedisSentinel.SERVICE)),
+            15,
+            "the sentinel knowing the replica",
+        )
+        yield RedisSentinel(master, replica, sentinel)
+    finally:
+        _stop(servers)
