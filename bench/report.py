@@ -19,6 +19,8 @@ GATEWAY = "gateway"
 GATEWAY_NO_LIMITER = "gateway-nolimit"
 GATEWAY_AIO = "gateway-aio"
 GATEWAY_STEP = "gateway-step"
+GATEWAY_REDIS = "gateway-redis"
+REDIS = "redis"
 
 # Path name -> (label in the table, the forwarding server on that path, if any).
 PATHS: dict[str, tuple[str, str | None]] = {
@@ -30,6 +32,8 @@ PATHS: dict[str, tuple[str, str | None]] = {
     GATEWAY_AIO: ("gateway, aio engine", GATEWAY_AIO),
     # GATEWAY's config with one user step (examples/tenants.py) after auth.
     GATEWAY_STEP: ("gateway, one user step", GATEWAY_STEP),
+    # GATEWAY's config with its budgets in a redis-server of the bench's own.
+    GATEWAY_REDIS: ("gateway, budgets in Redis", GATEWAY_REDIS),
 }
 
 
@@ -129,6 +133,9 @@ def comparisons(runs: Sequence[Run]) -> list[Comparison]:
     def step_cost(on: Run, off: Run) -> float:
         return on.cpu_us_per_call(GATEWAY_STEP) - off.cpu_us_per_call(GATEWAY)
 
+    def redis_cost(on: Run, off: Run) -> float:
+        return on.cpu_us_per_call(GATEWAY_REDIS) - off.cpu_us_per_call(GATEWAY)
+
     def added_p50_ms(through: Run, direct: Run) -> float:
         return (through.p50_us - direct.p50_us) / 1000
 
@@ -142,6 +149,7 @@ def comparisons(runs: Sequence[Run]) -> list[Comparison]:
         return gateway.cpu_us_per_call(GATEWAY) / gateway.cpu_us_per_call(SERVICE)
 
     cpu = per_round(runs, UNARY, (GATEWAY, YARDSTICK), cpu_ratio_of(GATEWAY))
+    redis = per_round(runs, UNARY, (GATEWAY_REDIS, GATEWAY), redis_cost)
     rps = per_round(runs, UNARY, (GATEWAY, YARDSTICK), rps_ratio)
     stream = per_round(runs, STREAM, (GATEWAY, DIRECT), stream_ratio)
     return [
@@ -172,6 +180,18 @@ def comparisons(runs: Sequence[Run]) -> list[Comparison]:
         Comparison(
             "unary: a user step reading metadata, CPU/call (with minus without)",
             per_round(runs, UNARY, (GATEWAY_STEP, GATEWAY), step_cost),
+            "µs",
+        ),
+        Comparison(
+            "unary: budgets in Redis, gateway CPU/call over memory's",
+            redis,
+            "µs",
+            "≤ 100",
+            None if redis is None else redis.median <= 100,
+        ),
+        Comparison(
+            "unary: Redis's own CPU/call (a decision's work in redis-server)",
+            per_round(runs, UNARY, (GATEWAY_REDIS, GATEWAY), lambda on, _: on.cpu_us_per_call(REDIS)),
             "µs",
         ),
         Comparison(

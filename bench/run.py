@@ -1,8 +1,8 @@
 """``make bench`` / ``python -m bench``: the gateway against a direct call and the yardstick.
 
-Starts the user service, the yardstick and four gateways (rate limiter on; no rules; rate limiter
-and one user step; rate limiter on again but on the aio engine; the last three in the unary
-scenario only), checks each path with real gRPC calls,
+Starts the user service, the yardstick, a redis-server and five gateways (rate limiter on; no rules;
+rate limiter and one user step; rate limiter on again but on the aio engine; its budgets in Redis;
+the last four in the unary scenario only), checks each path with real gRPC calls,
 then drives them with h2load, interleaved over several rounds, and prints medians across rounds:
 req/s, p50 and p99, CPU per call of each server, and the ratios the performance targets are stated
 in. The raw numbers go to bench/results/latest.json.
@@ -35,9 +35,11 @@ from bench.report import (
     GATEWAY,
     GATEWAY_AIO,
     GATEWAY_NO_LIMITER,
+    GATEWAY_REDIS,
     GATEWAY_STEP,
     LATENCY,
     PATHS,
+    REDIS,
     SERVICE,
     STREAM,
     UNARY,
@@ -51,6 +53,7 @@ from bench.servers import (
     ServerError,
     check_yardstick,
     gateway,
+    redis_server,
     server_environment,
     user_service,
     yardstick,
@@ -61,6 +64,7 @@ BENCH = Path(__file__).resolve().parent
 GATEWAY_CONFIG = BENCH / "gateway.toml"
 GATEWAY_NO_LIMITER_CONFIG = BENCH / "gateway-nolimit.toml"
 GATEWAY_STEP_CONFIG = BENCH / "gateway-step.toml"
+GATEWAY_REDIS_CONFIG = BENCH / "gateway-redis.toml"
 DEFAULT_OUTPUT = BENCH / "results" / "latest.json"
 # Sent on every path alike; the tenant is what the user step of GATEWAY_STEP checks.
 API_KEY: tuple[tuple[str, str], ...] = (("x-api-key", "secret-key"), ("x-tenant", "acme"))
@@ -200,7 +204,7 @@ def _scenarios(settings: Settings, get_user: Call, list_users: Call) -> list[Sce
                 UNARY,
                 f"Unary GetUser: h2load {unary}",
                 # The aio engine here only: what the fallback costs, without lengthening the bench much.
-                (DIRECT, YARDSTICK, GATEWAY, GATEWAY_NO_LIMITER, GATEWAY_STEP, GATEWAY_AIO),
+                (DIRECT, YARDSTICK, GATEWAY, GATEWAY_NO_LIMITER, GATEWAY_STEP, GATEWAY_AIO, GATEWAY_REDIS),
             ),
             get_user,
             unary,
@@ -233,6 +237,13 @@ def _upstream_of(config: Path) -> str:
     return str(routes[0]["upstream"])
 
 
+def _redis_of(config: Path) -> str:
+    """HOST:PORT of the ``redis://`` storage in ``config``."""
+    with config.open("rb") as file:
+        storage = str(tomllib.load(file)["rate_limit"]["storage"])
+    return storage.removeprefix("redis://").partition("/")[0]
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -240,7 +251,7 @@ def _free_port() -> int:
         return port
 
 
-def _check_free(address: str) -> None:
+def _check_free(address: str, what: str) -> None:
     host, _, port = address.rpartition(":")
     with socket.socket() as probe:
         # As the servers bind (grpc sets SO_REUSEADDR): connections of a previous run in TIME_WAIT
@@ -249,9 +260,7 @@ def _check_free(address: str) -> None:
         try:
             probe.bind((host, int(port)))
         except OSError:
-            raise ServerError(
-                f"{address} (the upstream in bench/gateway.toml) is in use: is another bench running?"
-            ) from None
+            raise ServerError(f"{address} ({what}) is in use: is another bench running?") from None
 
 
 def _progress(text: str) -> None:
@@ -325,10 +334,12 @@ def _run(settings: Settings, output: Path) -> int:
     placement = Placement.choose(settings.pin)
     env = server_environment(settings.grpc_experiments)
     upstream = _upstream_of(GATEWAY_CONFIG)
-    for other in (GATEWAY_NO_LIMITER_CONFIG, GATEWAY_STEP_CONFIG):
+    for other in (GATEWAY_NO_LIMITER_CONFIG, GATEWAY_STEP_CONFIG, GATEWAY_REDIS_CONFIG):
         if _upstream_of(other) != upstream:
             raise ServerError(f"bench/gateway.toml and bench/{other.name} must route to the same upstream")
-    _check_free(upstream)
+    _check_free(upstream, "the upstream in bench/gateway.toml")
+    redis = _redis_of(GATEWAY_REDIS_CONFIG)
+    _check_free(redis, "the storage in bench/gateway-redis.toml")
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as temporary, ExitStack() as stack:
         folder = Path(temporary)
@@ -339,7 +350,8 @@ def _run(settings: Settings, output: Path) -> int:
         list_users = list_users_call(folder, everyone)
 
         _progress(
-            f"bench: starting the user service ({len(everyone)} users), the yardstick and four gateways; "
+            f"bench: starting the user service ({len(everyone)} users), the yardstick, redis-server and "
+            "five gateways; "
             f"GRPC_EXPERIMENTS={settings.grpc_experiments or '(unset)'}; "
             + (
                 f"h2load and the service on CPU {placement.load}, forwarders on CPU {placement.proxy}"
@@ -354,6 +366,9 @@ def _run(settings: Settings, output: Path) -> int:
             stack.callback(server.stop)
 
         start(user_service(upstream, data, placement.load, env, folder))
+        # With the service and h2load: the gateway's CPU is its own; Redis's is counted apart.
+        start(redis_server(REDIS, redis, placement.load, folder))
+        servers[REDIS].wait_ready()
         start(yardstick(upstream, _free_port(), placement.proxy, env, folder))
         start(gateway(GATEWAY, GATEWAY_CONFIG, _free_port(), placement.proxy, env, folder))
         start(
@@ -365,6 +380,7 @@ def _run(settings: Settings, output: Path) -> int:
                 GATEWAY_AIO, GATEWAY_CONFIG, _free_port(), placement.proxy, env, folder, ("--engine", "aio")
             )
         )
+        start(gateway(GATEWAY_REDIS, GATEWAY_REDIS_CONFIG, _free_port(), placement.proxy, env, folder))
         for server in servers.values():
             server.wait_ready()
 
@@ -379,6 +395,7 @@ def _run(settings: Settings, output: Path) -> int:
             (GATEWAY_NO_LIMITER, False),
             (GATEWAY_STEP, True),
             (GATEWAY_AIO, True),
+            (GATEWAY_REDIS, True),
         ):
             verify.check_auth_required(servers[name].address)
             verify.check_get_user(servers[name].address, API_KEY, rate_limited=limited)

@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -134,11 +135,44 @@ class Server:
                 self.process.wait()
 
 
-def start_server(
-    name: str, args: list[str], address: str, cpu: int | None, env: Mapping[str, str], log_dir: Path
-) -> Server:
-    """Start ``python *args`` (this interpreter) from the project folder, on CPU ``cpu`` when given."""
-    command = [sys.executable, *args]
+class RedisServer(Server):
+    """A redis-server: ready once it answers PING."""
+
+    def wait_ready(self, timeout: float = START_SECONDS) -> None:
+        host, _, port = self.address.rpartition(":")
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            try:
+                with socket.create_connection((host, int(port)), timeout=0.2) as connection:
+                    connection.sendall(b"PING\r\n")
+                    if connection.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServerError(f"{self.name} did not answer on {self.address} within {timeout:.0f} s")
+            time.sleep(0.02)
+
+
+def redis_server(name: str, address: str, cpu: int | None, log_dir: Path) -> Server:
+    """redis-server on ``address``, nothing saved to disk; on CPU ``cpu`` when given.
+
+    Raises:
+        ServerError: no redis-server is installed.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServerError("redis-server is not installed (apt-get install redis-server); the bench needs it")
+    host, _, port = address.rpartition(":")
+    args = ["--port", port, "--bind", host, "--save", "", "--appendonly", "no"]
+    process, log = _spawn(name, [binary, *args], cpu, os.environ, log_dir)
+    return RedisServer(name, address, process, log, cpu)
+
+
+def _spawn(
+    name: str, command: list[str], cpu: int | None, env: Mapping[str, str], log_dir: Path
+) -> tuple[subprocess.Popen[bytes], Path]:
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]  # taskset execs: the pid is the server's
     log = log_dir / f"{name}.log"
@@ -146,6 +180,14 @@ def start_server(
         process = subprocess.Popen(
             command, cwd=PROJECT, env=dict(env), stdin=subprocess.DEVNULL, stdout=output, stderr=output
         )
+    return process, log
+
+
+def start_server(
+    name: str, args: list[str], address: str, cpu: int | None, env: Mapping[str, str], log_dir: Path
+) -> Server:
+    """Start ``python *args`` (this interpreter) from the project folder, on CPU ``cpu`` when given."""
+    process, log = _spawn(name, [sys.executable, *args], cpu, env, log_dir)
     return Server(name, address, process, log, cpu)
 
 

@@ -139,16 +139,10 @@ class GatewayMetrics:
         return MethodMetrics(self, service, method)
 
     def rate_limited(self, rule: str) -> None:
-        counter = self._by_rule.get(rule)
-        if counter is None:
-            counter = self._by_rule[rule] = self._rate_limited.labels(rule)
-        counter.inc()
+        _bound(self._by_rule, self._rate_limited, rule).inc()
 
     def auth_failed(self, reason: str) -> None:
-        counter = self._by_reason.get(reason)
-        if counter is None:
-            counter = self._by_reason[reason] = self._auth_failures.labels(reason)
-        counter.inc()
+        _bound(self._by_reason, self._auth_failures, reason).inc()
 
     def store_error(self) -> None:
         self._store_errors.inc()
@@ -157,10 +151,7 @@ class GatewayMetrics:
         self._decision_latency.observe(seconds)
 
     def store_failed(self, kind: str) -> None:
-        counter = self._by_kind.get(kind)
-        if counter is None:
-            counter = self._by_kind[kind] = self._store_failures.labels(kind)
-        counter.inc()
+        _bound(self._by_kind, self._store_failures, kind).inc()
 
     def store_mode(self, mode: str) -> None:
         for name, gauge in self._by_mode.items():
@@ -168,6 +159,14 @@ class GatewayMetrics:
 
     def upstream_health(self, service: str, upstream: str, serving: bool) -> None:
         self._upstream_healthy.labels(service, upstream).set(1 if serving else 0)
+
+
+def _bound(series: dict[str, Counter], family: Counter, label: str) -> Counter:
+    """The series of ``family`` for ``label``, bound on its first use and kept in ``series``."""
+    counter = series.get(label)
+    if counter is None:
+        counter = series[label] = family.labels(label)
+    return counter
 
 
 def metrics_address(text: str) -> str:

@@ -176,6 +176,7 @@ class Link:
             if not ready.stalled:
                 return ready
             log.warning("redis answers nothing; replacing the connection", extra={"server": self.name})
+            self.ready = None  # from now on: decisions wait for the next connection
             ready.close()
         # Shielded: a caller that gives up must not cancel the attempt others wait on.
         return await asyncio.shield(self.start())
