@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
+# google/api/annotations.proto and http.proto (HTTP rules on methods) ship with googleapis-common-protos.
+GOOGLEAPIS = $(shell $(BIN)/python -c "import google.api.http_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])")
 
 .PHONY: install proto proto-check run test lint bench clean
 
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml
 
 proto: install
 	rm -rf generated/shop
-	$(BIN)/python -m grpc_tools.protoc -Iprotos \
+	$(BIN)/python -m grpc_tools.protoc -Iprotos -I$(GOOGLEAPIS) \
 		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
 		--python_out=generated --mypy_out=generated \
 		--grpc_python_out=generated --mypy_grpc_out=generated \

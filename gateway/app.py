@@ -9,6 +9,7 @@ import signal
 from grpc_health.v1 import health_pb2
 
 from gateway.config.schema import ConfigError
+from gateway.doors.http.listener import HttpListener
 from gateway.engines import engine_named
 from gateway.engines.base import Retired
 from gateway.ops.own_services import OwnServices
@@ -32,6 +33,7 @@ class Gateway:
         self.plan = plan
         self._own = OwnServices(plan.config, plan.routes)
         self._engine = engine_named(plan.config.engine)(plan, self._own, reuse_port)
+        self._http = HttpListener(plan, reuse_port) if plan.config.http.listen is not None else None
         self._monitor, self._upstreams = self._health_monitor(plan)
         self._monitoring: asyncio.Task[None] | None = None
         self._retired = Retired()
@@ -40,11 +42,13 @@ class Gateway:
     def port(self) -> int:
         return self._engine.port
 
+    @property
+    def http_port(self) -> int | None:
+        return None if self._http is None else self._http.port
+
     def _health_monitor(self, plan: Plan) -> tuple[HealthMonitor, Upstreams]:
         config = plan.config
-        upstreams = Upstreams(
-            config.routes, config.upstream_keepalive, config.upstream_reconnect, plan.upstream_transports
-        )
+        upstreams = plan.open_upstreams()
         metrics = plan.observability.metrics
         monitor = HealthMonitor(
             plan.routes.upstream_of,
@@ -59,6 +63,8 @@ class Gateway:
         """Listen, then report health: overall SERVING, each route as its upstream reports."""
         await self.plan.policy.warm_up()
         await self._engine.start()
+        if self._http is not None:
+            await self._http.start()
         # Each route's status first: once the gateway says SERVING, every route's status is known.
         await self._monitor.check_all()
         await self._own.set_health("", health_pb2.HealthCheckResponse.SERVING)
@@ -69,12 +75,17 @@ class Gateway:
         kept = [
             name for name in RESTART_ONLY if getattr(plan.config, name) != getattr(self.plan.config, name)
         ]
+        if plan.config.http.listen != self.plan.config.http.listen:
+            kept.append("http.listen")
         if kept:
             log.warning("config fields need a restart to change; kept as they were", extra={"fields": kept})
         monitor, upstreams = self._health_monitor(plan)
         await monitor.check_all()
         previous, previous_upstreams = self.plan, self._upstreams
         self._engine.swap(plan)
+        if self._http is not None:
+            previous_door = self._http.swap(plan)
+            self._retired.close_later(plan.config.shutdown_grace + 1, previous_door.upstreams.close)
         self.plan, self._upstreams = plan, upstreams
         self._own.serve_routes(plan.routes)
         for service in set(previous.routes.upstream_of) - set(plan.routes.upstream_of):
@@ -91,7 +102,10 @@ class Gateway:
         await self._own.enter_graceful_shutdown()
         if self._monitoring is not None:
             self._monitoring.cancel()
-        await self._engine.stop(grace)
+        if self._http is not None:
+            await asyncio.gather(self._engine.stop(grace), self._http.stop())
+        else:
+            await self._engine.stop(grace)
         await self._upstreams.close()
         await self.plan.observability.close()
 
@@ -111,6 +125,7 @@ async def serve(plan: Plan, reload: Reloader, reuse_port: bool = False) -> int:
             "tls": "off" if config.tls is None else ("mtls" if config.tls.client_ca else "tls"),
             "routes": dict(plan.routes.upstream_of),
             "metrics": config.metrics_listen,
+            "http": config.http.listen,
         },
     )
 

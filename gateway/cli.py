@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--listen", type=_address, help="HOST:PORT to listen on, overriding the config")
     parser.add_argument(
+        "--http-listen", type=_address, help="HOST:PORT of the HTTP/JSON door, overriding [http] listen"
+    )
+    parser.add_argument(
         "--engine", choices=["core", "aio"], help="what carries the calls, overriding the config's engine"
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             ("listen", args.listen),
             ("metrics_listen", args.metrics_listen),
             ("engine", args.engine),
+            ("http_listen", args.http_listen),
         )
         if value is not None
     }

@@ -26,6 +26,8 @@ from gateway.policy.auth.clients import Client, load_clients
 from gateway.policy.auth.lockout import FailedAuthLockout
 from gateway.policy.ratelimit.decision import RateLimit
 from gateway.policy.ratelimit.rules import RateLimitPolicy
+from gateway.routing.health import Upstreams
+from gateway.routing.http.bindings import HttpRoutes
 from gateway.routing.table import RouteTable, build_routes, load_catalog
 from gateway.routing.tls import UpstreamTransport, server_credentials, upstream_transports
 
@@ -54,10 +56,19 @@ class Plan:
     server_credentials: grpc.ServerCredentials | None
     # By upstream address; an upstream not here is reached in plaintext.
     upstream_transports: dict[str, UpstreamTransport]
+    # The HTTP/JSON door's routes (checked even while [http] listen is unset).
+    http_routes: HttpRoutes
 
     @property
     def server_options(self) -> list[tuple[str, int]]:
         return server_options(self.config.limits)
+
+    def open_upstreams(self) -> Upstreams:
+        """grpc.aio channels to every upstream, as the config sets them up (inside the running loop)."""
+        config = self.config
+        return Upstreams(
+            config.routes, config.upstream_keepalive, config.upstream_reconnect, self.upstream_transports
+        )
 
     def tick(self) -> None:
         """The periodic jobs, run by the engine on the thread its calls are decided on, every 0.25 s:
@@ -146,6 +157,10 @@ def load_plan(
         ConfigError: naming the field at fault.
     """
     config = load_config(path)
+    overrides = dict(overrides)
+    http_listen = overrides.pop("http_listen", None)
+    if http_listen is not None:
+        overrides["http"] = config.http.model_copy(update={"listen": http_listen})
     if overrides:
         config = config.model_copy(update=overrides)
     routes = build_routes(config, load_catalog(config))
@@ -158,6 +173,7 @@ def load_plan(
     clients = load_clients(config.api_keys, routes, always_allowed=every_own_path())
     credentials = server_credentials(config.tls)
     transports = upstream_transports(config.routes)
+    http_routes = HttpRoutes(routes, config.http.routes)
     steps = chain_steps(config, routes, policy, clients)
     observed = observability(config)
     if policy.store.health is not None:
@@ -172,6 +188,7 @@ def load_plan(
         observability=observed,
         server_credentials=credentials,
         upstream_transports=transports,
+        http_routes=http_routes,
     )
 
 

@@ -371,6 +371,37 @@ class UpstreamReconnect(_Strict):
         return self
 
 
+class HttpRoute(_Strict):
+    """An HTTP route of the config's own (one that is in no proto): ``method path`` calls ``call``."""
+
+    method: Literal["GET", "POST", "PUT", "DELETE", "PATCH"]
+    # A google.api.http path template: /api/users/users/{user_id}
+    path: str = Field(min_length=1)
+    # The routed gRPC method it calls: /package.Service/Method
+    call: str = Field(pattern=r"^/[^/]+/[^/]+$")
+    # As in google.api.http: "" (no body; fields from the path and the query), "*" or one field.
+    body: str = ""
+    response_body: str = ""
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Http(_Strict):
+    """The HTTP/JSON door: every routed method as JSON, through the same chain as gRPC calls."""
+
+    # HOST:PORT it listens on (--http-listen overrides); none: no HTTP door.
+    listen: Address | None = None
+    # JSON field names in replies: "json" (proto3's lowerCamelCase) or "proto" (as in the .proto).
+    # Requests may use either.
+    json_names: Literal["json", "proto"] = "json"
+    # Seconds a call may take when the request sets no grpc-timeout header; none: no limit.
+    default_timeout: float | None = Field(default=None, gt=0)
+    routes: tuple[HttpRoute, ...] = ()
+
+
 class StepConfig(_Strict):
     """A step of the user's own in the call chain (see gateway/call/step.py for the interface)."""
 
@@ -422,6 +453,7 @@ class GatewayConfig(_Strict):
     upstream_reconnect: UpstreamReconnect = UpstreamReconnect()
     # Steps of the user's own, placed in the call chain.
     steps: tuple[StepConfig, ...] = ()
+    http: Http = Http()
 
     @field_validator("routes")
     @classmethod

@@ -26,6 +26,12 @@ class MethodRoute:
     # Seconds the call may take when the caller sets no deadline (the route's default_timeout).
     default_timeout: float | None = None
 
+    @property
+    def kind(self) -> str:
+        """``unary_unary``, ``unary_stream``, ``stream_unary`` or ``stream_stream``, as grpc names them."""
+        requests = "stream" if self.client_streaming else "unary"
+        return f"{requests}_{'stream' if self.server_streaming else 'unary'}"
+
 
 @dataclass(frozen=True)
 class RouteTable:

@@ -38,10 +38,10 @@ def services() -> Iterator[Services]:
 
 
 @contextlib.contextmanager
-def start_gateway(config: Path) -> Iterator[str]:
-    """Run ``python -m gateway --config config`` on a free port; yield its address."""
+def start_gateway(config: Path, *args: str) -> Iterator[str]:
+    """Run ``python -m gateway --config config ARGS`` on a free port; yield its address."""
     port = free_port()
-    with running(["-m", "gateway", "--config", str(config), "--listen", f"127.0.0.1:{port}"], port):
+    with running(["-m", "gateway", "--config", str(config), "--listen", f"127.0.0.1:{port}", *args], port):
         yield f"127.0.0.1:{port}"
 
 

@@ -61,7 +61,8 @@ def test_reflection_through_gateway_needs_a_key(gateway: str) -> None:
     described = grpcurl("-plaintext", "-H", "x-api-key: secret-key", gateway, "describe", USERS)
     assert described.returncode == 0, described.stderr
     assert (
-        "rpc GetUser ( .shop.users.v1.GetUserRequest ) returns ( .shop.users.v1.User );" in described.stdout
+        "rpc GetUser ( .shop.users.v1.GetUserRequest ) returns ( .shop.users.v1.User ) {\n"
+        '    option (.google.api.http) = { get:"/v1/users/{user_id}"  };\n' in described.stdout
     )
     assert "// Looks up shoppers by id or by segment." in described.stdout
 

@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from tests.gateway.configs import gateway_toml, write_config
 from tests.gateway.conftest import start_gateway
-from tests.support.processes import grpcurl
+from tests.support.processes import free_port, grpcurl
 
 GREETER_PROTO = """
 syntax = "proto3";
@@ -104,3 +105,21 @@ async def test_service_from_descriptor_set_only(greeter: tuple[Path, str], tmp_p
         # The rate-limit field key works from the descriptor set too.
         refused = await asyncio.to_thread(grpcurl, "-plaintext", *key, "-d", body, address, method)
         assert "rate limit exceeded for user_id 7: 1 per 30 seconds" in refused.stdout + refused.stderr
+
+
+async def test_service_from_descriptor_set_only_over_http(greeter: tuple[Path, str], tmp_path: Path) -> None:
+    """No google.api.http rule anywhere: the method is POST /package.Service/Method with a JSON body."""
+    descriptor_set, upstream = greeter
+    text = gateway_toml({SERVICE: upstream}, rules="", extra=f'descriptor_sets = ["{descriptor_set.name}"]')
+    http_port = free_port()
+    with start_gateway(
+        write_config(tmp_path, text + "\n[http]\n"), "--http-listen", f"127.0.0.1:{http_port}"
+    ):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=10) as web:
+            reply = await web.post(
+                f"/{SERVICE}/Greet", json={"name": "Ada"}, headers={"x-api-key": "secret-key"}
+            )
+            assert reply.status_code == 200
+            assert reply.json() == {"text": "hello Ada"}
+            wrong = await web.get(f"/{SERVICE}/Greet", headers={"x-api-key": "secret-key"})
+            assert wrong.status_code == 405

@@ -23,8 +23,12 @@ def test_list_shows_the_recommendation_service(recommendation_service: Server) -
 def test_describe_shows_rpcs_and_comments(user_service: Server) -> None:
     result = grpcurl("-plaintext", user_service.address, "describe", USERS)
     assert result.returncode == 0, result.stderr
-    assert "rpc GetUser ( .shop.users.v1.GetUserRequest ) returns ( .shop.users.v1.User );" in result.stdout
-    assert "returns ( stream .shop.users.v1.User );" in result.stdout
+    # The HTTP rule each method carries for the gateway's HTTP/JSON door shows with it.
+    assert (
+        "rpc GetUser ( .shop.users.v1.GetUserRequest ) returns ( .shop.users.v1.User ) {\n"
+        '    option (.google.api.http) = { get:"/v1/users/{user_id}"  };\n' in result.stdout
+    )
+    assert "returns ( stream .shop.users.v1.User ) {" in result.stdout
     assert "// Looks up shoppers by id or by segment." in result.stdout
 
 

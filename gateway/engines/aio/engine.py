@@ -15,15 +15,7 @@ from gateway.engines.aio.switchboard import HandlerTable, Switchboard
 from gateway.engines.base import TICK_SECONDS, Retired
 from gateway.ops.own_services import OwnServices
 from gateway.plan import Plan
-from gateway.routing.health import Upstreams
 from runtime.serving import listen
-
-
-def _upstreams(plan: Plan) -> Upstreams:
-    config = plan.config
-    return Upstreams(
-        config.routes, config.upstream_keepalive, config.upstream_reconnect, plan.upstream_transports
-    )
 
 
 class AioEngine:
@@ -32,7 +24,7 @@ class AioEngine:
     def __init__(self, plan: Plan, own: OwnServices, reuse_port: bool) -> None:
         self.plan = plan
         self.port = 0
-        self._switchboard = Switchboard(HandlerTable(plan, _upstreams(plan)))
+        self._switchboard = Switchboard(HandlerTable(plan, plan.open_upstreams()))
         # Off unless asked (--workers): a second gateway could otherwise bind the port unnoticed.
         options = [("grpc.so_reuseport", int(reuse_port)), *plan.server_options]
         self._server = grpc.aio.server(interceptors=[self._switchboard], options=options)
@@ -52,7 +44,7 @@ class AioEngine:
 
     def swap(self, plan: Plan) -> None:
         previous = self._switchboard.table
-        self._switchboard.table = HandlerTable(plan, _upstreams(plan))
+        self._switchboard.table = HandlerTable(plan, plan.open_upstreams())
         self.plan = plan
         self._retired.close_later(plan.config.shutdown_grace + 1, previous.upstreams.close)
 

@@ -22,13 +22,10 @@ class Forwarder:
 
     def __init__(self, route: MethodRoute, channel: grpc.aio.Channel) -> None:
         self.route = route
-        kind = (
-            ("stream" if route.client_streaming else "unary")
-            + "_"
-            + ("stream" if route.server_streaming else "unary")
-        )
         # No serializers: requests and replies stay raw bytes.
-        self._call = getattr(channel, kind)(route.path, request_serializer=None, response_deserializer=None)
+        self._call = getattr(channel, route.kind)(
+            route.path, request_serializer=None, response_deserializer=None
+        )
         self._default_timeout = route.default_timeout
 
     async def unary_reply(self, request: Any, context: grpc.aio.ServicerContext, facts: Call) -> bytes:

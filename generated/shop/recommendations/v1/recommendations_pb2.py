@@ -22,21 +22,28 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-shop/recommendations/v1/recommendations.proto\x12\x17shop.recommendations.v1\",\n\x19GetRecommendationsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x05\";\n\x0fRecommendations\x12\x0f\n\x07user_id\x18\x01 \x01(\x05\x12\x17\n\x0frecommendations\x18\x02 \x03(\t\"A\n\x14GroupRecommendations\x12\x10\n\x08user_ids\x18\x01 \x03(\x05\x12\x17\n\x0frecommendations\x18\x02 \x03(\t2\x80\x03\n\x15RecommendationService\x12r\n\x12GetRecommendations\x12\x32.shop.recommendations.v1.GetRecommendationsRequest\x1a(.shop.recommendations.v1.Recommendations\x12x\n\x11RecommendForGroup\x12\x32.shop.recommendations.v1.GetRecommendationsRequest\x1a-.shop.recommendations.v1.GroupRecommendations(\x01\x12y\n\x15StreamRecommendations\x12\x32.shop.recommendations.v1.GetRecommendationsRequest\x1a(.shop.recommendations.v1.Recommendations(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-shop/recommendations/v1/recommendations.proto\x12\x17shop.recommendations.v1\x1a\x1cgoogle/api/annotations.proto\",\n\x19GetRecommendationsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x05\";\n\x0fRecommendations\x12\x0f\n\x07user_id\x18\x01 \x01(\x05\x12\x17\n\x0frecommendations\x18\x02 \x03(\t\"A\n\x14GroupRecommendations\x12\x10\n\x08user_ids\x18\x01 \x03(\x05\x12\x17\n\x0frecommendations\x18\x02 \x03(\t2\xfd\x03\n\x15RecommendationService\x12\x9f\x01\n\x12GetRecommendations\x12\x32.shop.recommendations.v1.GetRecommendationsRequest\x1a(.shop.recommendations.v1.Recommendations\"+\x82\xd3\xe4\x93\x02%\x12#/v1/users/{user_id}/recommendations\x12\x9e\x01\n\x11RecommendForGroup\x12\x32.shop.recommendations.v1.GetRecommendationsRequest\x1a-.shop.recommendations.v1.GroupRecommendations\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/recommendations:group:\x01*(\x01\x12\xa0\x01\n\x15StreamRecommendations\x12\x32.shop.recommendations.v1.GetRecommendationsRequest\x1a(.shop.recommendations.v1.Recommendations\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/recommendations:stream:\x01*(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.recommendations.v1.recommendations_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETRECOMMENDATIONSREQUEST']._serialized_start=74
-  _globals['_GETRECOMMENDATIONSREQUEST']._serialized_end=118
-  _globals['_RECOMMENDATIONS']._serialized_start=120
-  _globals['_RECOMMENDATIONS']._serialized_end=179
-  _globals['_GROUPRECOMMENDATIONS']._serialized_start=181
-  _globals['_GROUPRECOMMENDATIONS']._serialized_end=246
-  _globals['_RECOMMENDATIONSERVICE']._serialized_start=249
-  _globals['_RECOMMENDATIONSERVICE']._serialized_end=633
+  _globals['_RECOMMENDATIONSERVICE'].methods_by_name['GetRecommendations']._loaded_options = None
+  _globals['_RECOMMENDATIONSERVICE'].methods_by_name['GetRecommendations']._serialized_options = b'\202\323\344\223\002%\022#/v1/users/{user_id}/recommendations'
+  _globals['_RECOMMENDATIONSERVICE'].methods_by_name['RecommendForGroup']._loaded_options = None
+  _globals['_RECOMMENDATIONSERVICE'].methods_by_name['RecommendForGroup']._serialized_options = b'\202\323\344\223\002\036\"\031/v1/recommendations:group:\001*'
+  _globals['_RECOMMENDATIONSERVICE'].methods_by_name['StreamRecommendations']._loaded_options = None
+  _globals['_RECOMMENDATIONSERVICE'].methods_by_name['StreamRecommendations']._serialized_options = b'\202\323\344\223\002\037\"\032/v1/recommendations:stream:\001*'
+  _globals['_GETRECOMMENDATIONSREQUEST']._serialized_start=104
+  _globals['_GETRECOMMENDATIONSREQUEST']._serialized_end=148
+  _globals['_RECOMMENDATIONS']._serialized_start=150
+  _globals['_RECOMMENDATIONS']._serialized_end=209
+  _globals['_GROUPRECOMMENDATIONS']._serialized_start=211
+  _globals['_GROUPRECOMMENDATIONS']._serialized_end=276
+  _globals['_RECOMMENDATIONSERVICE']._serialized_start=279
+  _globals['_RECOMMENDATIONSERVICE']._serialized_end=788
 # @@protoc_insertion_point(module_scope)

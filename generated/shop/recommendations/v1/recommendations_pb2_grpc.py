@@ -59,6 +59,7 @@ class RecommendationServiceServicer:
     def GetRecommendations(self, request, context):
         """Returns the recommendations of one user. NOT_FOUND when there are none for that id;
         INVALID_ARGUMENT when user_id is not positive.
+        Over HTTP: GET /v1/users/{user_id}/recommendations.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -67,6 +68,7 @@ class RecommendationServiceServicer:
     def RecommendForGroup(self, request_iterator, context):
         """Takes a stream of user ids and returns one merged list for the whole group, without
         duplicates, in first-seen order. NOT_FOUND when any id in the stream is unknown.
+        Over HTTP: POST /v1/recommendations:group with one request a line (newline-delimited JSON).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +77,7 @@ class RecommendationServiceServicer:
     def StreamRecommendations(self, request_iterator, context):
         """Answers each requested user id as soon as it arrives, one reply per request.
         The stream ends with NOT_FOUND at the first unknown id.
+        Over HTTP: POST /v1/recommendations:stream, requests and replies one JSON object a line.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

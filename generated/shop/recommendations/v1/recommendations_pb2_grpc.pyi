@@ -36,14 +36,17 @@ class RecommendationServiceStub:
     GetRecommendations: _grpc.UnaryUnaryMultiCallable[_recommendations_pb2.GetRecommendationsRequest, _recommendations_pb2.Recommendations]
     """Returns the recommendations of one user. NOT_FOUND when there are none for that id;
     INVALID_ARGUMENT when user_id is not positive.
+    Over HTTP: GET /v1/users/{user_id}/recommendations.
     """
     RecommendForGroup: _grpc.StreamUnaryMultiCallable[_recommendations_pb2.GetRecommendationsRequest, _recommendations_pb2.GroupRecommendations]
     """Takes a stream of user ids and returns one merged list for the whole group, without
     duplicates, in first-seen order. NOT_FOUND when any id in the stream is unknown.
+    Over HTTP: POST /v1/recommendations:group with one request a line (newline-delimited JSON).
     """
     StreamRecommendations: _grpc.StreamStreamMultiCallable[_recommendations_pb2.GetRecommendationsRequest, _recommendations_pb2.Recommendations]
     """Answers each requested user id as soon as it arrives, one reply per request.
     The stream ends with NOT_FOUND at the first unknown id.
+    Over HTTP: POST /v1/recommendations:stream, requests and replies one JSON object a line.
     """
 
 @_typing.type_check_only
@@ -54,14 +57,17 @@ class RecommendationServiceAsyncStub(RecommendationServiceStub):
     GetRecommendations: _aio.UnaryUnaryMultiCallable[_recommendations_pb2.GetRecommendationsRequest, _recommendations_pb2.Recommendations]  # type: ignore[assignment]
     """Returns the recommendations of one user. NOT_FOUND when there are none for that id;
     INVALID_ARGUMENT when user_id is not positive.
+    Over HTTP: GET /v1/users/{user_id}/recommendations.
     """
     RecommendForGroup: _aio.StreamUnaryMultiCallable[_recommendations_pb2.GetRecommendationsRequest, _recommendations_pb2.GroupRecommendations]  # type: ignore[assignment]
     """Takes a stream of user ids and returns one merged list for the whole group, without
     duplicates, in first-seen order. NOT_FOUND when any id in the stream is unknown.
+    Over HTTP: POST /v1/recommendations:group with one request a line (newline-delimited JSON).
     """
     StreamRecommendations: _aio.StreamStreamMultiCallable[_recommendations_pb2.GetRecommendationsRequest, _recommendations_pb2.Recommendations]  # type: ignore[assignment]
     """Answers each requested user id as soon as it arrives, one reply per request.
     The stream ends with NOT_FOUND at the first unknown id.
+    Over HTTP: POST /v1/recommendations:stream, requests and replies one JSON object a line.
     """
 
 class RecommendationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -75,6 +81,7 @@ class RecommendationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_recommendations_pb2.Recommendations, _abc.Awaitable[_recommendations_pb2.Recommendations]]:
         """Returns the recommendations of one user. NOT_FOUND when there are none for that id;
         INVALID_ARGUMENT when user_id is not positive.
+        Over HTTP: GET /v1/users/{user_id}/recommendations.
         """
 
     @_abc_1.abstractmethod
@@ -85,6 +92,7 @@ class RecommendationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_recommendations_pb2.GroupRecommendations, _abc.Awaitable[_recommendations_pb2.GroupRecommendations]]:
         """Takes a stream of user ids and returns one merged list for the whole group, without
         duplicates, in first-seen order. NOT_FOUND when any id in the stream is unknown.
+        Over HTTP: POST /v1/recommendations:group with one request a line (newline-delimited JSON).
         """
 
     @_abc_1.abstractmethod
@@ -95,6 +103,7 @@ class RecommendationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_recommendations_pb2.Recommendations], _abc.AsyncIterator[_recommendations_pb2.Recommendations]]:
         """Answers each requested user id as soon as it arrives, one reply per request.
         The stream ends with NOT_FOUND at the first unknown id.
+        Over HTTP: POST /v1/recommendations:stream, requests and replies one JSON object a line.
         """
 
 def add_RecommendationServiceServicer_to_server(servicer: RecommendationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

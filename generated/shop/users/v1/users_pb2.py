@@ -22,21 +22,26 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shop/users/v1/users.proto\x12\rshop.users.v1\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x05\"6\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07segment\x18\x03 \x01(\t\"#\n\x10ListUsersRequest\x12\x0f\n\x07segment\x18\x01 \x01(\t2\x91\x01\n\x0bUserService\x12=\n\x07GetUser\x12\x1d.shop.users.v1.GetUserRequest\x1a\x13.shop.users.v1.User\x12\x43\n\tListUsers\x12\x1f.shop.users.v1.ListUsersRequest\x1a\x13.shop.users.v1.User0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shop/users/v1/users.proto\x12\rshop.users.v1\x1a\x1cgoogle/api/annotations.proto\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x05\"6\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07segment\x18\x03 \x01(\t\"#\n\x10ListUsersRequest\x12\x0f\n\x07segment\x18\x01 \x01(\t2\xc1\x01\n\x0bUserService\x12Z\n\x07GetUser\x12\x1d.shop.users.v1.GetUserRequest\x1a\x13.shop.users.v1.User\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/users/{user_id}\x12V\n\tListUsers\x12\x1f.shop.users.v1.ListUsersRequest\x1a\x13.shop.users.v1.User\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/users0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.users.v1.users_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETUSERREQUEST']._serialized_start=44
-  _globals['_GETUSERREQUEST']._serialized_end=77
-  _globals['_USER']._serialized_start=79
-  _globals['_USER']._serialized_end=133
-  _globals['_LISTUSERSREQUEST']._serialized_start=135
-  _globals['_LISTUSERSREQUEST']._serialized_end=170
-  _globals['_USERSERVICE']._serialized_start=173
-  _globals['_USERSERVICE']._serialized_end=318
+  _globals['_USERSERVICE'].methods_by_name['GetUser']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['GetUser']._serialized_options = b'\202\323\344\223\002\025\022\023/v1/users/{user_id}'
+  _globals['_USERSERVICE'].methods_by_name['ListUsers']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['ListUsers']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/users'
+  _globals['_GETUSERREQUEST']._serialized_start=74
+  _globals['_GETUSERREQUEST']._serialized_end=107
+  _globals['_USER']._serialized_start=109
+  _globals['_USER']._serialized_end=163
+  _globals['_LISTUSERSREQUEST']._serialized_start=165
+  _globals['_LISTUSERSREQUEST']._serialized_end=200
+  _globals['_USERSERVICE']._serialized_start=203
+  _globals['_USERSERVICE']._serialized_end=396
 # @@protoc_insertion_point(module_scope)

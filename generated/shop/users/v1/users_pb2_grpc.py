@@ -53,6 +53,7 @@ class UserServiceServicer:
 
     def GetUser(self, request, context):
         """Returns one user. NOT_FOUND when no user has that id; INVALID_ARGUMENT when user_id is not positive.
+        Over HTTP: GET /v1/users/{user_id}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -60,6 +61,7 @@ class UserServiceServicer:
 
     def ListUsers(self, request, context):
         """Streams every user, or only those of one segment, in ascending user_id order.
+        Over HTTP: GET /v1/users, or GET /v1/users?segment=premium; one JSON object a line.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

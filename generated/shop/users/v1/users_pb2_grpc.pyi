@@ -34,9 +34,13 @@ class UserServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> UserServiceAsyncStub: ...
     GetUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.GetUserRequest, _users_pb2.User]
-    """Returns one user. NOT_FOUND when no user has that id; INVALID_ARGUMENT when user_id is not positive."""
+    """Returns one user. NOT_FOUND when no user has that id; INVALID_ARGUMENT when user_id is not positive.
+    Over HTTP: GET /v1/users/{user_id}.
+    """
     ListUsers: _grpc.UnaryStreamMultiCallable[_users_pb2.ListUsersRequest, _users_pb2.User]
-    """Streams every user, or only those of one segment, in ascending user_id order."""
+    """Streams every user, or only those of one segment, in ascending user_id order.
+    Over HTTP: GET /v1/users, or GET /v1/users?segment=premium; one JSON object a line.
+    """
 
 @_typing.type_check_only
 class UserServiceAsyncStub(UserServiceStub):
@@ -44,9 +48,13 @@ class UserServiceAsyncStub(UserServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetUser: _aio.UnaryUnaryMultiCallable[_users_pb2.GetUserRequest, _users_pb2.User]  # type: ignore[assignment]
-    """Returns one user. NOT_FOUND when no user has that id; INVALID_ARGUMENT when user_id is not positive."""
+    """Returns one user. NOT_FOUND when no user has that id; INVALID_ARGUMENT when user_id is not positive.
+    Over HTTP: GET /v1/users/{user_id}.
+    """
     ListUsers: _aio.UnaryStreamMultiCallable[_users_pb2.ListUsersRequest, _users_pb2.User]  # type: ignore[assignment]
-    """Streams every user, or only those of one segment, in ascending user_id order."""
+    """Streams every user, or only those of one segment, in ascending user_id order.
+    Over HTTP: GET /v1/users, or GET /v1/users?segment=premium; one JSON object a line.
+    """
 
 class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     """Looks up shoppers by id or by segment."""
@@ -57,7 +65,9 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _users_pb2.GetUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.User, _abc.Awaitable[_users_pb2.User]]:
-        """Returns one user. NOT_FOUND when no user has that id; INVALID_ARGUMENT when user_id is not positive."""
+        """Returns one user. NOT_FOUND when no user has that id; INVALID_ARGUMENT when user_id is not positive.
+        Over HTTP: GET /v1/users/{user_id}.
+        """
 
     @_abc_1.abstractmethod
     def ListUsers(
@@ -65,6 +75,8 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _users_pb2.ListUsersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_users_pb2.User], _abc.AsyncIterator[_users_pb2.User]]:
-        """Streams every user, or only those of one segment, in ascending user_id order."""
+        """Streams every user, or only those of one segment, in ascending user_id order.
+        Over HTTP: GET /v1/users, or GET /v1/users?segment=premium; one JSON object a line.
+        """
 
 def add_UserServiceServicer_to_server(servicer: UserServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

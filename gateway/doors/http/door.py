@@ -1,0 +1,432 @@
+"""The HTTP/JSON door: an ASGI app that turns each HTTP request into a call through the same chain.
+
+A door only translates: the request's route, headers, path, query and body become a Call and its
+request message (by the method's descriptors); the chain decides; an admitted call is forwarded
+upstream over gRPC; the reply, or the refusal, becomes HTTP: a status google.rpc.Code maps to, a
+JSON body (a ``google.rpc.Status`` for errors), ``Grpc-Metadata-*`` headers for the upstream's
+metadata. Server streaming replies are newline-delimited JSON, or Server-Sent Events when asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import grpc
+from google.protobuf.descriptor_pool import DescriptorPool
+
+from gateway.call.chain import Chain, MethodChain
+from gateway.call.metadata import forwarded
+from gateway.call.replies import reply_headers, unavailable_message, upstream_timeout
+from gateway.call.requestid import HEADER as REQUEST_ID_HEADER
+from gateway.call.requestid import request_id_of
+from gateway.call.step import Call, Metadata, Refusal
+from gateway.doors.http.status import HTTP_STATUS, status_json
+from gateway.doors.http.transcode import BadRequest, parse_json, reply_json, request_message
+from gateway.routing.health import Upstreams
+from gateway.routing.http.bindings import Binding, HttpRoutes, Match
+
+log = logging.getLogger("gateway.http")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+JSON = b"application/json"
+NDJSON = b"application/x-ndjson"
+EVENT_STREAM = b"text/event-stream"
+# Headers that describe this HTTP hop, not the call: never metadata.
+_HTTP_ONLY = frozenset({"content-length", "accept", "accept-encoding", "expect", "grpc-timeout"})
+# gRPC metadata keys: what grpc's client accepts (anything else would fail the call inside grpc).
+_METADATA_KEY = re.compile(r"[0-9a-z_.\-]+\Z")
+_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])\Z")
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_REPLY_HEADERS = ("retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
+
+
+class _Refused(Exception):
+    """The request ends here with ``status``: the door's own 4xx, before the chain."""
+
+    def __init__(
+        self,
+        http_status: int,
+        code: grpc.StatusCode,
+        message: str,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.code = code
+        self.headers = tuple(headers)
+
+
+@dataclass(frozen=True)
+class DoorPlan:
+    """What one configuration gives the door: its routes, the chain, channels, JSON settings, limits."""
+
+    routes: HttpRoutes
+    chain: Chain
+    upstreams: Upstreams
+    pool: DescriptorPool
+    proto_names: bool
+    default_timeout: float | None
+    max_body_bytes: int
+    max_header_bytes: int
+
+
+def _peer(scope: Scope) -> Callable[[], str]:
+    client = scope.get("client")
+
+    def peer() -> str:
+        if not client:
+            return "unknown"
+        host, port = client
+        return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+
+    return peer
+
+
+def _metadata(headers: Iterable[tuple[bytes, bytes]], limit: int) -> tuple[Metadata, float | None]:
+    """Request headers as gRPC metadata (by the gRPC door's rules once the chain is done), and the
+    ``grpc-timeout`` header's seconds."""
+    size = 0
+    metadata: list[tuple[str, str | bytes]] = []
+    timeout = None
+    for raw_name, raw_value in headers:
+        size += len(raw_name) + len(raw_value)
+        name = raw_name.decode("latin-1")
+        if name == "grpc-timeout":
+            timeout = _grpc_timeout(raw_value.decode("latin-1"))
+        if name in _HTTP_ONLY or not _METADATA_KEY.match(name):
+            continue
+        if name.endswith("-bin"):
+            try:
+                metadata.append(
+                    (name, base64.b64decode(raw_value + b"=" * (-len(raw_value) % 4), validate=False))
+                )
+            except (binascii.Error, ValueError):
+                raise _Refused(
+                    400, grpc.StatusCode.INVALID_ARGUMENT, f"header {name} is not base64"
+                ) from None
+        else:
+            metadata.append((name, raw_value.decode("latin-1")))
+    if size > limit:
+        raise _Refused(
+            431, grpc.StatusCode.RESOURCE_EXHAUSTED, f"the request's headers are over {limit} bytes"
+        )
+    return tuple(metadata), timeout
+
+
+def _grpc_timeout(text: str) -> float:
+    found = _TIMEOUT.match(text)
+    if found is None:
+        raise _Refused(
+            400,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"grpc-timeout {text!r} is not a gRPC timeout such as 5S or 500m",
+        )
+    return int(found.group(1)) * _TIMEOUT_UNITS[found.group(2)]
+
+
+async def _body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Refused(499, grpc.StatusCode.CANCELLED, "the client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _Refused(413, grpc.StatusCode.RESOURCE_EXHAUSTED, f"the request body is over {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _metadata_headers(metadata: Metadata | None) -> list[tuple[bytes, bytes]]:
+    """An upstream's metadata as ``Grpc-Metadata-<name>`` headers (binary values in base64)."""
+    headers = []
+    for name, value in metadata or ():
+        text = base64.b64encode(value) if isinstance(value, bytes) else value.encode("latin-1")
+        headers.append((b"grpc-metadata-" + name.encode("latin-1"), text))
+    return headers
+
+
+def _gateway_headers(metadata: Metadata) -> list[tuple[bytes, bytes]]:
+    """The gateway's own reply headers (request id, x-ratelimit-*, retry-after) as plain headers."""
+    return [
+        (name.encode(), value.encode())
+        for name, value in metadata
+        if isinstance(value, str) and (name in _REPLY_HEADERS or name == REQUEST_ID_HEADER)
+    ]
+
+
+class HttpDoor:
+    """The ASGI app. ``plan`` is swapped whole on a reload; a request in flight keeps its own."""
+
+    def __init__(self, plan: DoorPlan) -> None:
+        self.plan = plan
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        plan = self.plan
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        path = raw_path.decode("latin-1").partition("?")[0]
+        verb: str = scope["method"]
+        request_id = ""
+        try:
+            metadata, timeout = _metadata(scope["headers"], plan.max_header_bytes)
+            request_id = request_id_of(metadata)
+            matched = plan.routes.match(verb, path)
+            if not isinstance(matched, Match):
+                if matched.allowed:
+                    allowed = ", ".join(matched.allowed)
+                    raise _Refused(
+                        405,
+                        grpc.StatusCode.UNIMPLEMENTED,
+                        f"{verb} is not allowed on {path}; use {allowed}",
+                        [(b"allow", allowed.encode())],
+                    )
+                raise _Refused(404, grpc.StatusCode.NOT_FOUND, f"no route for {verb} {path[:200]}")
+            body = await _body(receive, plan.max_body_bytes)
+        except _Refused as refused:
+            await _send_status(
+                send,
+                refused.http_status,
+                refused.code,
+                str(refused),
+                (),
+                request_id,
+                plan.pool,
+                refused.headers,
+            )
+            return
+        await _Exchange(plan, matched, scope, metadata, request_id, timeout, body, send, receive).run()
+
+
+class _Exchange:
+    """One request through the chain and upstream, and its reply."""
+
+    def __init__(
+        self,
+        plan: DoorPlan,
+        matched: Match,
+        scope: Scope,
+        metadata: Metadata,
+        request_id: str,
+        timeout: float | None,
+        body: bytes,
+        send: Send,
+        receive: Receive,
+    ) -> None:
+        self.plan = plan
+        self.receive = receive
+        self.binding: Binding = matched.binding
+        self.variables = matched.variables
+        self.scope = scope
+        self.send = send
+        self.body = body
+        self.timeout = timeout
+        route = self.binding.route
+        self.chain: MethodChain = plan.chain.of(route.path)
+        self.facts = Call("http", route.path, metadata, _peer(scope), request_id, route.request_type)
+        self.code = grpc.StatusCode.OK
+
+    async def run(self) -> None:
+        started = self.chain.observer.start()
+        try:
+            await self._run()
+        finally:
+            self.chain.observer.ended(self.facts, self.code, started)
+
+    async def _run(self) -> None:
+        binding, plan = self.binding, self.plan
+        try:
+            requests = self._requests()
+        except BadRequest as error:
+            await self._fail(grpc.StatusCode.INVALID_ARGUMENT, str(error), ())
+            return
+        self.facts.first = requests[0] if requests else None
+        chain = self.chain
+        verdict = chain.decide(self.facts) if not chain.waits else await chain.decide_waiting(self.facts)
+        if verdict is not None:
+            await self._refuse(verdict)
+            return
+        route = binding.route
+        channel = plan.upstreams.channel(route.upstream)
+        # No serializers: the door made the request's bytes, and decodes the reply's itself.
+        call_factory = getattr(channel, route.kind)(
+            route.path, request_serializer=None, response_deserializer=None
+        )
+        timeout = upstream_timeout(self.timeout, route.default_timeout or plan.default_timeout)
+        request: Any = requests[0] if not route.client_streaming else _iterate(requests)
+        call = call_factory(request, timeout=timeout, metadata=forwarded(self.facts))
+        # The whole body is read: what comes next is the client leaving, which cancels the call.
+        watcher = asyncio.ensure_future(self._cancel_when_gone(call))
+        try:
+            if route.server_streaming:
+                await self._stream(call)
+            else:
+                await self._unary(call)
+        finally:
+            watcher.cancel()
+            if not call.done():
+                call.cancel()
+
+    async def _cancel_when_gone(self, call: Any) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        self.code = grpc.StatusCode.CANCELLED
+        call.cancel()
+
+    def _requests(self) -> list[bytes]:
+        """The request messages, serialized: one, or for client streaming one per body line."""
+        binding, plan = self.binding, self.plan
+        query = parse_qsl(self.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        if not binding.route.client_streaming:
+            body = parse_json(self.body, "the request body") if self.body.strip() else None
+            message = request_message(binding, self.variables, query, body, plan.pool)
+            return [message.SerializeToString()]
+        messages = []
+        for number, line in enumerate(self.body.splitlines(), 1):
+            if line.strip():
+                data = parse_json(line, f"line {number} of the request body")
+                messages.append(
+                    request_message(binding, self.variables, query, data, plan.pool).SerializeToString()
+                )
+        return messages
+
+    async def _unary(self, call: Any) -> None:
+        try:
+            reply: bytes = await call
+        except grpc.aio.AioRpcError as error:
+            await self._upstream_failed(error, started=False)
+            return
+        data = reply_json(self.binding, reply, self.plan.proto_names, self.plan.pool)
+        headers = [
+            *_gateway_headers(reply_headers(None, self.facts)),
+            *_metadata_headers(await call.initial_metadata()),
+            *_metadata_headers(await call.trailing_metadata()),
+        ]
+        await _send_json(self.send, 200, data, headers)
+
+    async def _stream(self, call: Any) -> None:
+        events = EVENT_STREAM in _header(self.scope, b"accept")
+        started = False
+        try:
+            initial = await call.initial_metadata()
+            headers = [
+                (b"content-type", EVENT_STREAM if events else NDJSON),
+                (b"cache-control", b"no-cache"),
+                *_gateway_headers(reply_headers(None, self.facts)),
+                *_metadata_headers(initial),
+            ]
+            async for reply in call:
+                if not started:
+                    await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+                    started = True
+                data = json.dumps(reply_json(self.binding, reply, self.plan.proto_names, self.plan.pool))
+                line = f"data: {data}\n\n" if events else data + "\n"
+                await self.send({"type": "http.response.body", "body": line.encode(), "more_body": True})
+            if not started:
+                await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        except grpc.aio.AioRpcError as error:
+            if not started:
+                await self._upstream_failed(error, started=False)
+                return
+            await self._upstream_failed(error, started=True, events=events)
+
+    async def _upstream_failed(
+        self, error: grpc.aio.AioRpcError, started: bool, events: bool = False
+    ) -> None:
+        route = self.binding.route
+        details = error.details() or ""
+        trailers: Metadata = tuple(error.trailing_metadata() or ())
+        code = error.code()
+        message = unavailable_message(route.upstream, route.service, code, details, trailers) or details
+        self.code = code
+        if not started:
+            headers = [*_metadata_headers(error.initial_metadata()), *_metadata_headers(trailers)]
+            await _send_status(
+                self.send,
+                HTTP_STATUS.get(code, 500),
+                code,
+                message,
+                trailers,
+                self.facts.request_id,
+                self.plan.pool,
+                headers,
+            )
+            return
+        # The status line is gone: the error is the stream's last line, never a silent cut.
+        status = status_json(code, message, trailers, self.plan.pool)
+        text = (
+            f"event: error\ndata: {json.dumps(status)}\n\n"
+            if events
+            else json.dumps({"error": status}) + "\n"
+        )
+        await self.send({"type": "http.response.body", "body": text.encode(), "more_body": False})
+
+    async def _refuse(self, refusal: Refusal) -> None:
+        self.code = refusal.code
+        await _send_status(
+            self.send,
+            HTTP_STATUS.get(refusal.code, 500),
+            refusal.code,
+            refusal.message,
+            refusal.trailers,
+            self.facts.request_id,
+            self.plan.pool,
+            _gateway_headers(refusal.trailers),
+        )
+
+    async def _fail(self, code: grpc.StatusCode, message: str, trailers: Metadata) -> None:
+        await self._refuse(Refusal(code, message, trailers))
+
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    return b",".join(value for key, value in scope["headers"] if key == name)
+
+
+async def _iterate(messages: list[bytes]) -> AsyncIterator[bytes]:
+    for message in messages:
+        yield message
+
+
+async def _send_json(send: Send, status: int, data: Any, headers: Iterable[tuple[bytes, bytes]]) -> None:
+    body = json.dumps(data).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", JSON), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_status(
+    send: Send,
+    http_status: int,
+    code: grpc.StatusCode,
+    message: str,
+    trailers: Metadata,
+    request_id: str,
+    pool: DescriptorPool,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    extra = [*headers]
+    if request_id:
+        extra.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+    await _send_json(send, http_status, status_json(code, message, trailers, pool), extra)
