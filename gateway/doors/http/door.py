@@ -29,6 +29,7 @@ from gateway.call.replies import reply_headers, unavailable_message, upstream_ti
 from gateway.call.requestid import HEADER as REQUEST_ID_HEADER
 from gateway.call.requestid import request_id_of
 from gateway.call.step import Call, Metadata, Refusal
+from gateway.doors.http.docs import asset, is_docs
 from gateway.doors.http.status import HTTP_STATUS, status_json
 from gateway.doors.http.transcode import BadRequest, parse_json, reply_json, request_message
 from gateway.routing.health import Upstreams
@@ -80,6 +81,7 @@ class DoorPlan:
     default_timeout: float | None
     max_body_bytes: int
     max_header_bytes: int
+    openapi: bytes  # /openapi.json, made once per configuration
 
 
 def _peer(scope: Scope) -> Callable[[], str]:
@@ -183,6 +185,9 @@ class HttpDoor:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         path = raw_path.decode("latin-1").partition("?")[0]
         verb: str = scope["method"]
+        if verb == "GET" and (path == "/openapi.json" or is_docs(path)):
+            await _send_document(send, path, plan.openapi)
+            return
         request_id = ""
         try:
             metadata, timeout = _metadata(scope["headers"], plan.max_header_bytes)
@@ -402,6 +407,13 @@ def _header(scope: Scope, name: bytes) -> bytes:
 async def _iterate(messages: list[bytes]) -> AsyncIterator[bytes]:
     for message in messages:
         yield message
+
+
+async def _send_document(send: Send, path: str, openapi: bytes) -> None:
+    content_type, body = (JSON, openapi) if path == "/openapi.json" else asset(path)
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _send_json(send: Send, status: int, data: Any, headers: Iterable[tuple[bytes, bytes]]) -> None:

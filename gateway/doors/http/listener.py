@@ -7,6 +7,7 @@ bind failure is the same clear error as the gRPC door's; TLS comes from the same
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 import ssl
@@ -15,6 +16,7 @@ import uvicorn
 
 from gateway.config.schema import ServerTls
 from gateway.doors.http.door import DoorPlan, HttpDoor
+from gateway.doors.http.openapi import openapi_document
 from gateway.plan import Plan
 from runtime.addresses import parse_host_port
 from runtime.serving import BindError
@@ -25,15 +27,18 @@ log = logging.getLogger("gateway.http")
 def door_plan(plan: Plan) -> DoorPlan:
     """The door's view of ``plan``; opens channels to the upstreams (inside the running loop)."""
     config = plan.config
+    proto_names = config.http.json_names == "proto"
+    document = openapi_document(plan.http_routes, plan.routes.catalog, proto_names)
     return DoorPlan(
         routes=plan.http_routes,
         chain=plan.chain,
         upstreams=plan.open_upstreams(),
         pool=plan.routes.catalog.pool,
-        proto_names=config.http.json_names == "proto",
+        proto_names=proto_names,
         default_timeout=config.http.default_timeout,
         max_body_bytes=config.limits.max_message_bytes,
         max_header_bytes=config.limits.max_metadata_bytes,
+        openapi=json.dumps(document).encode(),
     )
 
 

@@ -137,8 +137,11 @@ class HttpRoutes:
             except TemplateError as error:
                 raise ConfigError(f"{where}.path: {error}") from None
             self._add(binding, where)
-        # The most specific first: more literal segments, then fewer variables.
-        self.bindings.sort(key=lambda b: (-b.template.literals, len(b.template.variables)))
+        # Matched most specific first: more literal segments, then fewer variables. (``bindings``
+        # keeps the order they were declared in: the protos' first, as documents list them.)
+        self._matching = sorted(
+            self.bindings, key=lambda b: (-b.template.literals, len(b.template.variables))
+        )
 
     @staticmethod
     def _method(routes: RouteTable, route: MethodRoute) -> MethodDescriptor:
@@ -161,7 +164,7 @@ class HttpRoutes:
 
     def match(self, verb: str, path: str) -> Match | NoRoute:
         allowed: list[str] = []
-        for binding in self.bindings:
+        for binding in self._matching:
             variables = binding.template.match(path)
             if variables is None:
                 continue
