@@ -184,10 +184,29 @@ class GrpcTarget:
     def url(self) -> str:
         return f"http://{self.address}{self.method}"
 
+    def h2load_args(self) -> list[str]:
+        headers = [("content-type", "application/grpc"), ("te", "trailers"), *self.metadata]
+        return ["-d", str(self.body), *(arg for name, value in headers for arg in ("-H", f"{name}: {value}"))]
+
+
+@dataclass(frozen=True)
+class HttpTarget:
+    """One HTTP/1.1 GET, with keep-alive (h2load --h1)."""
+
+    address: str
+    path: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def url(self) -> str:
+        return f"http://{self.address}{self.path}"
+
+    def h2load_args(self) -> list[str]:
+        return ["--h1", *(arg for name, value in self.headers for arg in ("-H", f"{name}: {value}"))]
+
 
 def run_h2load(
     h2load: str,
-    target: GrpcTarget,
+    target: GrpcTarget | HttpTarget,
     load: Load,
     log_file: Path,
     cpu: int | None = None,
@@ -198,13 +217,10 @@ def run_h2load(
     Raises:
         LoadError: h2load failed, or not every call got an HTTP 200 reply.
     """
-    headers = [("content-type", "application/grpc"), ("te", "trailers"), *target.metadata]
     command = [
         h2load,
         *load.args(),
-        "-d",
-        str(target.body),
-        *(arg for name, value in headers for arg in ("-H", f"{name}: {value}")),
+        *target.h2load_args(),
         "--log-file",
         str(log_file),
         target.url(),

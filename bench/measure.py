@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import procstat
-from bench.loadgen import GrpcTarget, Load, LoadError, run_h2load
+from bench.loadgen import GrpcTarget, HttpTarget, Load, LoadError, run_h2load
 from bench.payloads import Call
 from bench.servers import Server
 
@@ -96,7 +96,7 @@ def _children_cpu_seconds() -> float:
 def timed_run(
     *,
     h2load: str,
-    target: GrpcTarget,
+    target: GrpcTarget | HttpTarget,
     call: Call,
     load: Load,
     servers: Sequence[Server],

@@ -19,6 +19,10 @@ GATEWAY = "gateway"
 GATEWAY_NO_LIMITER = "gateway-nolimit"
 GATEWAY_AIO = "gateway-aio"
 GATEWAY_STEP = "gateway-step"
+HTTP = "http"
+GATEWAY_HTTP = "gateway-http"
+FASTAPI = "fastapi"
+NOTEBOOK = "notebook"
 GATEWAY_REDIS = "gateway-redis"
 REDIS = "redis"
 
@@ -34,6 +38,12 @@ PATHS: dict[str, tuple[str, str | None]] = {
     GATEWAY_STEP: ("gateway, one user step", GATEWAY_STEP),
     # GATEWAY's config with its budgets in a redis-server of the bench's own.
     GATEWAY_REDIS: ("gateway, budgets in Redis", GATEWAY_REDIS),
+    # GATEWAY's own process, on its HTTP/JSON door (GET /v1/users/101; auth and the per-user rule on).
+    GATEWAY_HTTP: ("gateway, HTTP/JSON door", GATEWAY),
+    # What a team writes by hand: FastAPI calling GetUser with the stubs over grpc.aio (no auth, no limit).
+    FASTAPI: ("hand-written FastAPI endpoint", FASTAPI),
+    # The notebook's FastAPI gateway as it is (its services in-process, its limit out of reach).
+    NOTEBOOK: ("the notebook's gateway", NOTEBOOK),
 }
 
 
@@ -133,6 +143,9 @@ def comparisons(runs: Sequence[Run]) -> list[Comparison]:
     def step_cost(on: Run, off: Run) -> float:
         return on.cpu_us_per_call(GATEWAY_STEP) - off.cpu_us_per_call(GATEWAY)
 
+    def door_cpu_ratio(door: Run, other: Run) -> float:
+        return door.cpu_us_per_call(GATEWAY) / other.cpu_us_per_call(PATHS[other.path][1] or SERVICE)
+
     def redis_cost(on: Run, off: Run) -> float:
         return on.cpu_us_per_call(GATEWAY_REDIS) - off.cpu_us_per_call(GATEWAY)
 
@@ -148,6 +161,9 @@ def comparisons(runs: Sequence[Run]) -> list[Comparison]:
         # The service's CPU for the very calls the gateway forwarded, in the same run.
         return gateway.cpu_us_per_call(GATEWAY) / gateway.cpu_us_per_call(SERVICE)
 
+    http_handwritten = per_round(runs, HTTP, (GATEWAY_HTTP, FASTAPI), door_cpu_ratio)
+    http_grpc = per_round(runs, HTTP, (GATEWAY_HTTP, GATEWAY), door_cpu_ratio)
+    http_notebook = per_round(runs, HTTP, (GATEWAY_HTTP, NOTEBOOK), rps_ratio)
     cpu = per_round(runs, UNARY, (GATEWAY, YARDSTICK), cpu_ratio_of(GATEWAY))
     redis = per_round(runs, UNARY, (GATEWAY_REDIS, GATEWAY), redis_cost)
     rps = per_round(runs, UNARY, (GATEWAY, YARDSTICK), rps_ratio)
@@ -220,6 +236,27 @@ def comparisons(runs: Sequence[Run]) -> list[Comparison]:
             "stream: gateway CPU/call ÷ service CPU/call, same calls",
             per_round(runs, STREAM, (GATEWAY, DIRECT), stream_ratio_same_run),
             "x",
+        ),
+        Comparison(
+            "http: door CPU/call ÷ hand-written FastAPI endpoint's",
+            http_handwritten,
+            "x",
+            "≤ 0.80",
+            None if http_handwritten is None else http_handwritten.median <= 0.80,
+        ),
+        Comparison(
+            "http: door CPU/call ÷ the same call on the gRPC door",
+            http_grpc,
+            "x",
+            "≤ 1.00",
+            None if http_grpc is None else http_grpc.median <= 1.00,
+        ),
+        Comparison(
+            "http: door req/s ÷ the notebook gateway's req/s",
+            http_notebook,
+            "x",
+            "≥ 10",
+            None if http_notebook is None else http_notebook.median >= 10,
         ),
     ]
 

@@ -27,17 +27,21 @@ from pathlib import Path
 from typing import Any
 
 from bench import report, verify
-from bench.loadgen import GrpcTarget, Load, LoadError, ensure_h2load, h2load_version
+from bench.loadgen import GrpcTarget, HttpTarget, Load, LoadError, ensure_h2load, h2load_version
 from bench.measure import H2LOAD_CPU, OTHER_CPU, QuietWait, Run, timed_run
 from bench.payloads import MIN_USERS, Call, get_user_call, list_users_call, users, write_data_set
 from bench.report import (
     DIRECT,
+    FASTAPI,
     GATEWAY,
     GATEWAY_AIO,
+    GATEWAY_HTTP,
     GATEWAY_NO_LIMITER,
     GATEWAY_REDIS,
     GATEWAY_STEP,
+    HTTP,
     LATENCY,
+    NOTEBOOK,
     PATHS,
     REDIS,
     SERVICE,
@@ -51,8 +55,10 @@ from bench.servers import (
     Placement,
     Server,
     ServerError,
-    check_yardstick,
+    check_references,
     gateway,
+    http_endpoint,
+    notebook_gateway,
     redis_server,
     server_environment,
     user_service,
@@ -85,6 +91,7 @@ class Settings:
     stream_clients: int
     stream_streams: int
     stream_users: int
+    http_requests: int
     warmup_requests: int
     quiet_wait_budget: float
     grpc_experiments: str
@@ -136,6 +143,12 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
         default=1000,
         help="users in the data set, so messages per ListUsers call; at least 4 (default 1000)",
     )
+    parser.add_argument(
+        "--http-requests",
+        metavar="N",
+        type=_positive,
+        help="HTTP GETs per run of the HTTP scenario (default 3000)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run of 15 s or so: 1 round, few calls")
     parser.add_argument(
         "--grpc-experiments",
@@ -177,6 +190,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
         stream_clients=1,
         stream_streams=4,
         stream_users=args.stream_users,
+        http_requests=pick(args.http_requests, 3000, 400),
         warmup_requests=500 if quick else 2000,
         quiet_wait_budget=args.max_quiet_wait if args.max_quiet_wait is not None else 10 if quick else 60,
         grpc_experiments=args.grpc_experiments,
@@ -197,6 +211,8 @@ def _scenarios(settings: Settings, get_user: Call, list_users: Call) -> list[Sce
     unary = Load(settings.clients, settings.streams, settings.requests)
     single = Load(1, 1, settings.latency_requests)
     stream = Load(settings.stream_clients, settings.stream_streams, settings.stream_requests)
+    # HTTP/1.1 with keep-alive: 4 connections, one request at a time on each.
+    http = Load(4, 1, settings.http_requests)
     warm = settings.warmup_requests
     return [
         Scenario(
@@ -227,6 +243,16 @@ def _scenarios(settings: Settings, get_user: Call, list_users: Call) -> list[Sce
             list_users,
             stream,
             Load(stream.clients, stream.streams, max(stream.clients * stream.streams, stream.requests // 10)),
+        ),
+        Scenario(
+            report.Scenario(
+                HTTP,
+                f"HTTP GET of user 101 as JSON: h2load --h1 {http} (the gRPC door's GetUser alike, over h2)",
+                (GATEWAY_HTTP, FASTAPI, NOTEBOOK, GATEWAY),
+            ),
+            get_user,
+            http,
+            Load(http.clients, http.streams, max(40, warm // 10)),
         ),
     ]
 
@@ -330,7 +356,7 @@ def _describe(run: Run, proxy: str | None) -> str:
 def _run(settings: Settings, output: Path) -> int:
     started = time.monotonic()
     h2load = ensure_h2load()
-    check_yardstick()
+    check_references()
     placement = Placement.choose(settings.pin)
     env = server_environment(settings.grpc_experiments)
     upstream = _upstream_of(GATEWAY_CONFIG)
@@ -370,7 +396,20 @@ def _run(settings: Settings, output: Path) -> int:
         start(redis_server(REDIS, redis, placement.load, folder))
         servers[REDIS].wait_ready()
         start(yardstick(upstream, _free_port(), placement.proxy, env, folder))
-        start(gateway(GATEWAY, GATEWAY_CONFIG, _free_port(), placement.proxy, env, folder))
+        http_door = f"127.0.0.1:{_free_port()}"
+        start(
+            gateway(
+                GATEWAY,
+                GATEWAY_CONFIG,
+                _free_port(),
+                placement.proxy,
+                env,
+                folder,
+                ("--http-listen", http_door),
+            )
+        )
+        start(http_endpoint(upstream, _free_port(), placement.proxy, env, folder))
+        start(notebook_gateway(_free_port(), placement.proxy, env, folder))
         start(
             gateway(GATEWAY_NO_LIMITER, GATEWAY_NO_LIMITER_CONFIG, _free_port(), placement.proxy, env, folder)
         )
@@ -401,6 +440,18 @@ def _run(settings: Settings, output: Path) -> int:
             verify.check_get_user(servers[name].address, API_KEY, rate_limited=limited)
             verify.check_list_users(servers[name].address, API_KEY, everyone)
 
+        _progress("bench: checking every HTTP path with a real GET")
+        http_targets = {
+            GATEWAY_HTTP: HttpTarget(http_door, "/v1/users/101", API_KEY),
+            FASTAPI: HttpTarget(servers[FASTAPI].address, "/users/101"),
+            NOTEBOOK: HttpTarget(servers[NOTEBOOK].address, "/api/users/users/101", API_KEY),
+        }
+        # Each path's JSON is spaced its own way: each reply's exact size, checked per run.
+        http_calls = {
+            path: Call("GET", get_user.body, verify.check_http_get_user(target.url(), target.headers))
+            for path, target in http_targets.items()
+        }
+
         scenarios = _scenarios(settings, get_user, list_users)
 
         def address(path: str) -> str:
@@ -411,13 +462,18 @@ def _run(settings: Settings, output: Path) -> int:
 
         def measure(scenario: Scenario, path: str, load: Load, round_number: int) -> Run:
             waited = quiet.wait(list(servers.values())) if round_number else 0.0
-            target = GrpcTarget(address(path), scenario.call.method, scenario.call.body, API_KEY)
+            target: GrpcTarget | HttpTarget
+            if path in http_targets:
+                target, call = http_targets[path], http_calls[path]
+            else:
+                target = GrpcTarget(address(path), scenario.call.method, scenario.call.body, API_KEY)
+                call = scenario.call
             pinned = (placement.load, *(() if PATHS[path][1] is None else (placement.proxy,)))
             cpus = None if placement.load is None else frozenset(c for c in pinned if c is not None)
             return timed_run(
                 h2load=h2load,
                 target=target,
-                call=scenario.call,
+                call=call,
                 load=load,
                 servers=list(servers.values()),
                 log_file=folder / "h2load.log",

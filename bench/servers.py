@@ -25,6 +25,8 @@ from bench import procstat
 PROJECT = Path(__file__).resolve().parent.parent
 YARDSTICK = Path(__file__).resolve().parent / "reference" / "yardstick.py"
 YARDSTICK_SHA256 = "da348d41621844b6f8f0b678ce5f0def67b2f1c266a914ef1e7ed9638acf63de"
+NOTEBOOK = Path(__file__).resolve().parent / "reference" / "notebook_gateway.py"
+NOTEBOOK_SHA256 = "4ee43647cbb532a3a03da5cc3e45331afe2b9893ba09925fd0c7c8cd608bc3db"
 # shared GRPC-NOTES: set before grpc is imported, it cuts grpc.aio's CPU per call by 17-20%.
 FAST_GRPC_EXPERIMENTS = "-event_engine_client,-event_engine_listener,-event_engine_for_all_other_endpoints"
 START_SECONDS = 30.0
@@ -62,18 +64,19 @@ def server_environment(grpc_experiments: str) -> dict[str, str]:
     return env
 
 
-def check_yardstick() -> None:
-    """Refuse a yardstick that is not the unmodified reference.
+def check_references() -> None:
+    """Refuse a yardstick or a notebook gateway that is not the unmodified reference.
 
     Raises:
-        ServerError: the copy in bench/reference differs from the reference.
+        ServerError: a copy in bench/reference differs from its reference.
     """
-    digest = hashlib.sha256(YARDSTICK.read_bytes()).hexdigest()
-    if digest != YARDSTICK_SHA256:
-        raise ServerError(
-            f"{YARDSTICK.relative_to(PROJECT)} is not the reference yardstick (SHA-256 {digest}); "
-            "restore the unmodified copy, see bench/reference/README.md"
-        )
+    for copy, expected in ((YARDSTICK, YARDSTICK_SHA256), (NOTEBOOK, NOTEBOOK_SHA256)):
+        digest = hashlib.sha256(copy.read_bytes()).hexdigest()
+        if digest != expected:
+            raise ServerError(
+                f"{copy.relative_to(PROJECT)} is not the reference (SHA-256 {digest}); "
+                "restore the unmodified copy, see bench/reference/README.md"
+            )
 
 
 @dataclass
@@ -135,6 +138,66 @@ class Server:
                 self.process.wait()
 
 
+class HttpServer(Server):
+    """An HTTP/1.1 server: ready once it answers a request (any status)."""
+
+    def wait_ready(self, timeout: float = START_SECONDS) -> None:
+        host, _, port = self.address.rpartition(":")
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            try:
+                with socket.create_connection((host, int(port)), timeout=0.2) as connection:
+                    connection.sendall(b"GET / HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")
+                    if connection.recv(16).startswith(b"HTTP/1.1 "):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServerError(f"{self.name} did not answer HTTP on {self.address} within {timeout:.0f} s")
+            time.sleep(0.05)
+
+
+def _uvicorn(
+    name: str, app: str, port: int, cpu: int | None, env: Mapping[str, str], log_dir: Path, cwd: Path
+) -> Server:
+    """``uvicorn APP`` with httptools and uvloop, warnings only, on CPU ``cpu`` when given."""
+    args = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--http",
+        "httptools",
+        "--loop",
+        "uvloop",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    process, log = _spawn(name, args, cpu, env, log_dir, cwd)
+    return HttpServer(name, f"127.0.0.1:{port}", process, log, cpu)
+
+
+def http_endpoint(upstream: str, port: int, cpu: int | None, env: Mapping[str, str], log_dir: Path) -> Server:
+    """The hand-written FastAPI endpoint (bench/http_endpoint.py) in front of ``upstream``."""
+    return _uvicorn(
+        "fastapi", "bench.http_endpoint:app", port, cpu, {**env, "UPSTREAM": upstream}, log_dir, PROJECT
+    )
+
+
+def notebook_gateway(port: int, cpu: int | None, env: Mapping[str, str], log_dir: Path) -> Server:
+    """The notebook's gateway as it is, its limit raised out of reach."""
+    environment = {**env, "NOTEBOOK_MAX_REQUESTS": str(10**9)}
+    return _uvicorn(
+        "notebook", "notebook_gateway:api_gateway", port, cpu, environment, log_dir, NOTEBOOK.parent
+    )
+
+
 class RedisServer(Server):
     """A redis-server: ready once it answers PING."""
 
@@ -171,14 +234,14 @@ def redis_server(name: str, address: str, cpu: int | None, log_dir: Path) -> Ser
 
 
 def _spawn(
-    name: str, command: list[str], cpu: int | None, env: Mapping[str, str], log_dir: Path
+    name: str, command: list[str], cpu: int | None, env: Mapping[str, str], log_dir: Path, cwd: Path = PROJECT
 ) -> tuple[subprocess.Popen[bytes], Path]:
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]  # taskset execs: the pid is the server's
     log = log_dir / f"{name}.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            command, cwd=PROJECT, env=dict(env), stdin=subprocess.DEVNULL, stdout=output, stderr=output
+            command, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=output, stderr=output
         )
     return process, log
 

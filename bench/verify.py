@@ -7,6 +7,8 @@ that the rate limiter ran exactly where it should (its ``x-ratelimit-*`` headers
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections.abc import Sequence
 
 import grpc
@@ -84,3 +86,21 @@ def check_list_users(address: str, metadata: Metadata, expected: Sequence[users_
         raise VerificationError(
             f"ListUsers at {address} streamed {len(received)} users, not the {len(expected)} expected"
         )
+
+
+def check_http_get_user(url: str, headers: tuple[tuple[str, str], ...]) -> int:
+    """GET ``url`` once: it must be user 101 as JSON. The reply body's size, for the load runs to check.
+
+    Raises:
+        VerificationError: another status or another body.
+    """
+    request = urllib.request.Request(url, headers=dict(headers))
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            body: bytes = reply.read()
+    except OSError as error:
+        raise VerificationError(f"GET {url}: {error}") from None
+    expected = {"user_id": 101, "name": "Atul", "segment": "premium"}
+    if json.loads(body) != expected:
+        raise VerificationError(f"GET {url}: {body!r}, not {expected}")
+    return len(body)

@@ -16,7 +16,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -34,6 +34,7 @@ from gateway.doors.http.status import HTTP_STATUS, status_json
 from gateway.doors.http.transcode import BadRequest, parse_json, reply_json, request_message
 from gateway.routing.health import Upstreams
 from gateway.routing.http.bindings import Binding, HttpRoutes, Match
+from gateway.routing.table import MethodRoute
 
 log = logging.getLogger("gateway.http")
 
@@ -82,6 +83,19 @@ class DoorPlan:
     max_body_bytes: int
     max_header_bytes: int
     openapi: bytes  # /openapi.json, made once per configuration
+    _callers: dict[str, Any] = field(default_factory=dict)
+
+    def caller(self, route: MethodRoute) -> Any:
+        """The grpc.aio multicallable of ``route``'s method, made on first use (raw bytes both ways:
+        the door makes the request's bytes and decodes the reply's itself)."""
+        caller = self._callers.get(route.path)
+        if caller is None:
+            channel = self.upstreams.channel(route.upstream)
+            caller = getattr(channel, route.kind)(
+                route.path, request_serializer=None, response_deserializer=None
+            )
+            self._callers[route.path] = caller
+        return caller
 
 
 def _peer(scope: Scope) -> Callable[[], str]:
@@ -268,11 +282,7 @@ class _Exchange:
             await self._refuse(verdict)
             return
         route = binding.route
-        channel = plan.upstreams.channel(route.upstream)
-        # No serializers: the door made the request's bytes, and decodes the reply's itself.
-        call_factory = getattr(channel, route.kind)(
-            route.path, request_serializer=None, response_deserializer=None
-        )
+        call_factory = plan.caller(route)
         timeout = upstream_timeout(self.timeout, route.default_timeout or plan.default_timeout)
         request: Any = requests[0] if not route.client_streaming else _iterate(requests)
         call = call_factory(request, timeout=timeout, metadata=forwarded(self.facts))
