@@ -29,6 +29,7 @@ from gateway.call.replies import reply_headers, unavailable_message, upstream_ti
 from gateway.call.requestid import HEADER as REQUEST_ID_HEADER
 from gateway.call.requestid import request_id_of
 from gateway.call.step import Call, Metadata, Refusal
+from gateway.call.upstream import UnaryReply, UnaryUpstream
 from gateway.doors.http.docs import asset, is_docs
 from gateway.doors.http.status import HTTP_STATUS, status_json
 from gateway.doors.http.transcode import BadRequest, parse_json, reply_json, request_message
@@ -75,6 +76,7 @@ class DoorPlan:
     """What one configuration gives the door: its routes, the chain, channels, JSON settings, limits."""
 
     routes: HttpRoutes
+    unary: UnaryUpstream  # the engine's: unary calls cost what they cost on the gRPC door
     chain: Chain
     upstreams: Upstreams
     pool: DescriptorPool
@@ -282,17 +284,26 @@ class _Exchange:
             await self._refuse(verdict)
             return
         route = binding.route
-        call_factory = plan.caller(route)
         timeout = upstream_timeout(self.timeout, route.default_timeout or plan.default_timeout)
-        request: Any = requests[0] if not route.client_streaming else _iterate(requests)
-        call = call_factory(request, timeout=timeout, metadata=forwarded(self.facts))
+        metadata = forwarded(self.facts)
+        call: Any
+        if not route.client_streaming and not route.server_streaming:
+            call = asyncio.ensure_future(plan.unary.unary(route, metadata, requests[0], timeout))
+        else:
+            request: Any = requests[0] if not route.client_streaming else _iterate(requests)
+            call = plan.caller(route)(request, timeout=timeout, metadata=metadata)
         # The whole body is read: what comes next is the client leaving, which cancels the call.
         watcher = asyncio.ensure_future(self._cancel_when_gone(call))
         try:
             if route.server_streaming:
                 await self._stream(call)
+            elif route.client_streaming:
+                await self._client_stream(call)
             else:
-                await self._unary(call)
+                await self._answer(await call)
+        except asyncio.CancelledError:
+            if self.code != grpc.StatusCode.CANCELLED:
+                raise  # not the client's leaving: the door itself is stopping
         finally:
             watcher.cancel()
             if not call.done():
@@ -321,17 +332,26 @@ class _Exchange:
                 )
         return messages
 
-    async def _unary(self, call: Any) -> None:
+    async def _client_stream(self, call: Any) -> None:
         try:
             reply: bytes = await call
         except grpc.aio.AioRpcError as error:
-            await self._upstream_failed(error, started=False)
+            await self._answer(_failed(error))
             return
-        data = reply_json(self.binding, reply, self.plan.proto_names, self.plan.pool)
+        initial = tuple(await call.initial_metadata() or ())
+        trailers = tuple(await call.trailing_metadata() or ())
+        await self._answer(UnaryReply(grpc.StatusCode.OK, "", reply, initial, trailers))
+
+    async def _answer(self, answer: UnaryReply) -> None:
+        """The reply to a call with one reply message: 200 and its JSON, or its status."""
+        if answer.code != grpc.StatusCode.OK or answer.reply is None:
+            await self._upstream_failed(answer, started=False)
+            return
+        data = reply_json(self.binding, answer.reply, self.plan.proto_names, self.plan.pool)
         headers = [
             *_gateway_headers(reply_headers(None, self.facts)),
-            *_metadata_headers(await call.initial_metadata()),
-            *_metadata_headers(await call.trailing_metadata()),
+            *_metadata_headers(answer.initial),
+            *_metadata_headers(answer.trailers),
         ]
         await _send_json(self.send, 200, data, headers)
 
@@ -357,22 +377,15 @@ class _Exchange:
                 await self.send({"type": "http.response.start", "status": 200, "headers": headers})
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
         except grpc.aio.AioRpcError as error:
-            if not started:
-                await self._upstream_failed(error, started=False)
-                return
-            await self._upstream_failed(error, started=True, events=events)
+            await self._upstream_failed(_failed(error), started=started, events=events)
 
-    async def _upstream_failed(
-        self, error: grpc.aio.AioRpcError, started: bool, events: bool = False
-    ) -> None:
+    async def _upstream_failed(self, answer: UnaryReply, started: bool, events: bool = False) -> None:
         route = self.binding.route
-        details = error.details() or ""
-        trailers: Metadata = tuple(error.trailing_metadata() or ())
-        code = error.code()
+        code, details, trailers = answer.code, answer.details, answer.trailers
         message = unavailable_message(route.upstream, route.service, code, details, trailers) or details
         self.code = code
         if not started:
-            headers = [*_metadata_headers(error.initial_metadata()), *_metadata_headers(trailers)]
+            headers = [*_metadata_headers(answer.initial), *_metadata_headers(trailers)]
             await _send_status(
                 self.send,
                 HTTP_STATUS.get(code, 500),
@@ -408,6 +421,13 @@ class _Exchange:
 
     async def _fail(self, code: grpc.StatusCode, message: str, trailers: Metadata) -> None:
         await self._refuse(Refusal(code, message, trailers))
+
+
+def _failed(error: grpc.aio.AioRpcError) -> UnaryReply:
+    initial = tuple(error.initial_metadata() or ())
+    return UnaryReply(
+        error.code(), error.details() or "", None, initial, tuple(error.trailing_metadata() or ())
+    )
 
 
 def _header(scope: Scope, name: bytes) -> bytes:

@@ -14,6 +14,7 @@ import ssl
 
 import uvicorn
 
+from gateway.call.upstream import UnaryUpstream
 from gateway.config.schema import ServerTls
 from gateway.doors.http.door import DoorPlan, HttpDoor
 from gateway.doors.http.openapi import openapi_document
@@ -24,13 +25,14 @@ from runtime.serving import BindError
 log = logging.getLogger("gateway.http")
 
 
-def door_plan(plan: Plan) -> DoorPlan:
+def door_plan(plan: Plan, unary: UnaryUpstream) -> DoorPlan:
     """The door's view of ``plan``; opens channels to the upstreams (inside the running loop)."""
     config = plan.config
     proto_names = config.http.json_names == "proto"
     document = openapi_document(plan.http_routes, plan.routes.catalog, proto_names)
     return DoorPlan(
         routes=plan.http_routes,
+        unary=unary,
         chain=plan.chain,
         upstreams=plan.open_upstreams(),
         pool=plan.routes.catalog.pool,
@@ -61,12 +63,14 @@ def _socket(address: str, reuse_port: bool) -> socket.socket:
 class HttpListener:
     """Serves the door on ``address`` until stopped; ``swap`` takes a new plan."""
 
-    def __init__(self, plan: Plan, reuse_port: bool) -> None:
+    def __init__(self, plan: Plan, reuse_port: bool, unary: UnaryUpstream) -> None:
+        """``unary``: the engine's unary calls upstream (streams go on the door's own channels)."""
         config = plan.config
         address = config.http.listen
         if address is None:
             raise RuntimeError("HttpListener needs [http] listen")
-        self.door = HttpDoor(door_plan(plan))
+        self._unary = unary
+        self.door = HttpDoor(door_plan(plan, unary))
         self._socket = _socket(address, reuse_port)
         self.port: int = self._socket.getsockname()[1]
         self._server = uvicorn.Server(self._config(config.tls, config.shutdown_grace))
@@ -102,7 +106,7 @@ class HttpListener:
 
     def swap(self, plan: Plan) -> DoorPlan:
         """Serve new requests by ``plan``; the previous door plan is returned, to close later."""
-        previous, self.door.plan = self.door.plan, door_plan(plan)
+        previous, self.door.plan = self.door.plan, door_plan(plan, self._unary)
         return previous
 
     async def stop(self) -> None:

@@ -28,7 +28,7 @@ from gateway.call.replies import (
 from gateway.call.requestid import request_id_of
 from gateway.call.step import Call, Metadata, Refusal, Verdict
 from gateway.engines.core.carrying import Carrying, Method
-from gateway.engines.core.channel import NO_FLAGS, ignore, status_code
+from gateway.engines.core.channel import NO_FLAGS, ignore, status_code, unary_operations
 from gateway.engines.core.stream import StreamPump
 from gateway.routing.table import MethodRoute
 
@@ -138,14 +138,7 @@ class CoreCall:
             read = not method.client_streaming or self._chain.reads_request
             StreamPump(self, method).start(deadline, metadata, read)
         else:
-            operations = (
-                cygrpc.SendInitialMetadataOperation(metadata, NO_FLAGS),
-                cygrpc.SendMessageOperation(self.facts.first, NO_FLAGS),
-                cygrpc.SendCloseFromClientOperation(NO_FLAGS),
-                cygrpc.ReceiveInitialMetadataOperation(NO_FLAGS),
-                cygrpc.ReceiveMessageOperation(NO_FLAGS),
-                cygrpc.ReceiveStatusOnClientOperation(NO_FLAGS),
-            )
+            operations = unary_operations(metadata, self.facts.first)
             self.upstream = method.channel.start(
                 method.path, deadline, metadata, ((operations, self._on_reply),)
             )

@@ -88,6 +88,18 @@ class UpstreamChannel:
         self._channel.close(cygrpc.StatusCode.unavailable, "the gateway closed this upstream channel")
 
 
+def unary_operations(metadata: Metadata, request: bytes | None) -> tuple[Any, ...]:
+    """A whole unary call as one client batch: metadata, the request, half-close, all three receives."""
+    return (
+        cygrpc.SendInitialMetadataOperation(metadata, NO_FLAGS),
+        cygrpc.SendMessageOperation(request, NO_FLAGS),
+        cygrpc.SendCloseFromClientOperation(NO_FLAGS),
+        cygrpc.ReceiveInitialMetadataOperation(NO_FLAGS),
+        cygrpc.ReceiveMessageOperation(NO_FLAGS),
+        cygrpc.ReceiveStatusOnClientOperation(NO_FLAGS),
+    )
+
+
 def status_code(code: int) -> grpc.StatusCode:
     """grpc's status code for cygrpc's number."""
     return CYGRPC_STATUS_CODE_TO_STATUS_CODE.get(code, grpc.StatusCode.UNKNOWN)
