@@ -87,7 +87,7 @@ class Gateway:
         self._engine.swap(plan)
         if self._http is not None:
             previous_door = self._http.swap(plan)
-            self._retired.close_later(plan.config.shutdown_grace + 1, previous_door.upstreams.close)
+            self._retired.close_later(plan.config.shutdown_grace + 1, previous_door.close)
         self.plan, self._upstreams = plan, upstreams
         self._own.serve_routes(plan.routes)
         for service in set(previous.routes.upstream_of) - set(plan.routes.upstream_of):

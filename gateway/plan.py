@@ -63,11 +63,16 @@ class Plan:
     def server_options(self) -> list[tuple[str, int]]:
         return server_options(self.config.limits)
 
-    def open_upstreams(self) -> Upstreams:
-        """grpc.aio channels to every upstream, as the config sets them up (inside the running loop)."""
+    def open_upstreams(self, blocking: bool = False) -> Upstreams:
+        """Channels to every upstream, as the config sets them up: grpc.aio's (inside the running
+        loop), or with ``blocking`` grpc's blocking API's."""
         config = self.config
         return Upstreams(
-            config.routes, config.upstream_keepalive, config.upstream_reconnect, self.upstream_transports
+            config.routes,
+            config.upstream_keepalive,
+            config.upstream_reconnect,
+            self.upstream_transports,
+            blocking,
         )
 
     def tick(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,7 +34,11 @@ class Upstreams:
         keepalive: UpstreamKeepalive,
         reconnect: UpstreamReconnect,
         transports: Mapping[str, UpstreamTransport] | None = None,
+        blocking: bool = False,
     ) -> None:
+        """``blocking``: channels of grpc's blocking API instead of grpc.aio's (for calls made
+        from a thread of their own)."""
+        self._blocking = blocking
         # An upstream without a TLS transport is reached in plaintext.
         tls = transports or {}
         self._channels = {
@@ -41,14 +46,20 @@ class Upstreams:
                 channels.target(shared[0].upstreams),
                 tls.get(upstream),
                 channels.channel_options(shared, keepalive, reconnect),
+                blocking,
             )
             for upstream, shared in channels.routes_by_upstream(routes).items()
         }
 
-    def channel(self, upstream: str) -> grpc.aio.Channel:
+    def channel(self, upstream: str) -> Any:
+        """The grpc.aio channel to ``upstream`` (a blocking one if so opened)."""
         return self._channels[upstream]
 
     async def close(self) -> None:
+        if self._blocking:
+            for channel in self._channels.values():
+                channel.close()
+            return
         await asyncio.gather(*(channel.close() for channel in self._channels.values()))
 
 

@@ -12,6 +12,7 @@ import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -134,11 +135,14 @@ def upstream_transports(routes: Sequence[Route]) -> dict[str, UpstreamTransport]
 
 
 def open_channel(
-    address: str, transport: UpstreamTransport | None, options: Iterable[tuple[str, str | int]] = ()
-) -> grpc.aio.Channel:
-    """A channel to ``address``: over TLS when ``transport`` says so, else plaintext."""
+    address: str,
+    transport: UpstreamTransport | None,
+    options: Iterable[tuple[str, str | int]] = (),
+    blocking: bool = False,
+) -> Any:
+    """A channel to ``address``: over TLS when ``transport`` says so, else plaintext; a grpc.aio
+    channel, or with ``blocking`` one of grpc's blocking API."""
+    api: Any = grpc if blocking else grpc.aio
     if transport is None:
-        return grpc.aio.insecure_channel(address, options=list(options) or None)
-    return grpc.aio.secure_channel(
-        address, transport.credentials, options=[*options, *transport.options] or None
-    )
+        return api.insecure_channel(address, options=list(options) or None)
+    return api.secure_channel(address, transport.credentials, options=[*options, *transport.options] or None)

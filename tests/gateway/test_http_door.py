@@ -351,3 +351,23 @@ async def test_an_unreachable_upstream_is_503(services: Services, tmp_path: Path
             reply = await web.get("/v1/users/101", headers=KEY)
     assert reply.status_code == 503
     assert reply.json()["message"].startswith("upstream 127.0.0.1:")
+
+
+async def test_an_upstream_ending_a_stream_early_keeps_its_status(services: Services, tmp_path: Path) -> None:
+    """grpc.aio's client turned this into INTERNAL "Internal error from Core" about 1 call in 15;
+    the door sends client-streamed requests on grpc's blocking API instead."""
+    config = write_config(tmp_path, gateway_toml(services.routes, rules="") + "\n[http]\n")
+    body = "".join(f'{{"user_id": {user}}}\n' for user in (999, *range(101, 105), *range(101, 105)))
+    with http_gateway(config) as doors:
+        async with httpx.AsyncClient(base_url=doors.http, timeout=10) as web:
+            streamed = [
+                await web.post("/v1/recommendations:stream", content=body, headers=KEY) for _ in range(60)
+            ]
+            grouped = [
+                await web.post("/v1/recommendations:group", content=body, headers=KEY) for _ in range(60)
+            ]
+    status = {"code": 5, "message": "no recommendations for user 999", "details": []}
+    # The first request fails: no reply was sent, so the status is the response's own.
+    assert [
+        reply.text for reply in (*streamed, *grouped) if reply.status_code != 404 or reply.json() != status
+    ] == []

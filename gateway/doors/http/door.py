@@ -15,7 +15,7 @@ import binascii
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -32,6 +32,7 @@ from gateway.call.step import Call, Metadata, Refusal
 from gateway.call.upstream import UnaryReply, UnaryUpstream
 from gateway.doors.http.docs import asset, is_docs
 from gateway.doors.http.status import HTTP_STATUS, status_json
+from gateway.doors.http.threaded import ThreadedStreamCall
 from gateway.doors.http.transcode import BadRequest, parse_json, reply_json, request_message
 from gateway.routing.health import Upstreams
 from gateway.routing.http.bindings import Binding, HttpRoutes, Match
@@ -85,7 +86,29 @@ class DoorPlan:
     max_body_bytes: int
     max_header_bytes: int
     openapi: bytes  # /openapi.json, made once per configuration
+    # Opens channels of grpc's blocking API, for client-streaming calls (see threaded.py).
+    blocking: Callable[[], Upstreams]
     _callers: dict[str, Any] = field(default_factory=dict)
+    _blocking: list[Upstreams] = field(default_factory=list)  # the blocking channels, once opened
+
+    def blocking_caller(self, route: MethodRoute) -> Any:
+        """The blocking API's multicallable of ``route``'s method (raw bytes both ways)."""
+        key = f"blocking {route.path}"
+        caller = self._callers.get(key)
+        if caller is None:
+            if not self._blocking:
+                self._blocking.append(self.blocking())
+            channel = self._blocking[0].channel(route.upstream)
+            caller = getattr(channel, route.kind)(
+                route.path, request_serializer=None, response_deserializer=None
+            )
+            self._callers[key] = caller
+        return caller
+
+    async def close(self) -> None:
+        await self.upstreams.close()
+        for opened in self._blocking:
+            await opened.close()
 
     def caller(self, route: MethodRoute) -> Any:
         """The grpc.aio multicallable of ``route``'s method, made on first use (raw bytes both ways:
@@ -289,9 +312,12 @@ class _Exchange:
         call: Any
         if not route.client_streaming and not route.server_streaming:
             call = asyncio.ensure_future(plan.unary.unary(route, metadata, requests[0], timeout))
+        elif not route.client_streaming:
+            call = plan.caller(route)(requests[0], timeout=timeout, metadata=metadata)
         else:
-            request: Any = requests[0] if not route.client_streaming else _iterate(requests)
-            call = plan.caller(route)(request, timeout=timeout, metadata=metadata)
+            call = ThreadedStreamCall(
+                plan.blocking_caller(route), requests, timeout, metadata, route.server_streaming
+            )
         # The whole body is read: what comes next is the client leaving, which cancels the call.
         watcher = asyncio.ensure_future(self._cancel_when_gone(call))
         try:
@@ -432,11 +458,6 @@ def _failed(error: grpc.aio.AioRpcError) -> UnaryReply:
 
 def _header(scope: Scope, name: bytes) -> bytes:
     return b",".join(value for key, value in scope["headers"] if key == name)
-
-
-async def _iterate(messages: list[bytes]) -> AsyncIterator[bytes]:
-    for message in messages:
-        yield message
 
 
 async def _send_document(send: Send, path: str, openapi: bytes) -> None:

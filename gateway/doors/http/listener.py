@@ -35,6 +35,7 @@ def door_plan(plan: Plan, unary: UnaryUpstream) -> DoorPlan:
         unary=unary,
         chain=plan.chain,
         upstreams=plan.open_upstreams(),
+        blocking=lambda: plan.open_upstreams(blocking=True),
         pool=plan.routes.catalog.pool,
         proto_names=proto_names,
         default_timeout=config.http.default_timeout,
@@ -113,4 +114,4 @@ class HttpListener:
         """Take no new connections; let requests in flight end within the grace period."""
         with contextlib.suppress(RuntimeError):
             await self._server.shutdown(sockets=[self._socket])
-        await self.door.plan.upstreams.close()
+        await self.door.plan.close()
