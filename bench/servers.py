@@ -138,8 +138,11 @@ class Server:
                 self.process.wait()
 
 
-class HttpServer(Server):
-    """An HTTP/1.1 server: ready once it answers a request (any status)."""
+class _ProbedServer(Server):
+    """A server that is ready once it answers PROBE with a reply beginning with ANSWER."""
+
+    PROBE = b""
+    ANSWER = b""
 
     def wait_ready(self, timeout: float = START_SECONDS) -> None:
         host, _, port = self.address.rpartition(":")
@@ -148,14 +151,21 @@ class HttpServer(Server):
             self.check_alive()
             try:
                 with socket.create_connection((host, int(port)), timeout=0.2) as connection:
-                    connection.sendall(b"GET / HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")
-                    if connection.recv(16).startswith(b"HTTP/1.1 "):
+                    connection.sendall(self.PROBE)
+                    if connection.recv(16).startswith(self.ANSWER):
                         return
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise ServerError(f"{self.name} did not answer HTTP on {self.address} within {timeout:.0f} s")
-            time.sleep(0.05)
+                raise ServerError(f"{self.name} did not answer on {self.address} within {timeout:.0f} s")
+            time.sleep(0.02)
+
+
+class HttpServer(_ProbedServer):
+    """An HTTP/1.1 server: ready once it answers a request (any status)."""
+
+    PROBE = b"GET / HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n"
+    ANSWER = b"HTTP/1.1 "
 
 
 def _uvicorn(
@@ -198,24 +208,11 @@ def notebook_gateway(port: int, cpu: int | None, env: Mapping[str, str], log_dir
     )
 
 
-class RedisServer(Server):
+class RedisServer(_ProbedServer):
     """A redis-server: ready once it answers PING."""
 
-    def wait_ready(self, timeout: float = START_SECONDS) -> None:
-        host, _, port = self.address.rpartition(":")
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check_alive()
-            try:
-                with socket.create_connection((host, int(port)), timeout=0.2) as connection:
-                    connection.sendall(b"PING\r\n")
-                    if connection.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise ServerError(f"{self.name} did not answer on {self.address} within {timeout:.0f} s")
-            time.sleep(0.02)
+    PROBE = b"PING\r\n"
+    ANSWER = b"+PONG"
 
 
 def redis_server(name: str, address: str, cpu: int | None, log_dir: Path) -> Server:
