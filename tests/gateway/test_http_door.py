@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from shop.users.v1 import users_pb2, users_pb2_grpc
 from tests.gateway.configs import RECOMMENDATIONS, USERS, gateway_toml, write_config
 from tests.gateway.conftest import Services
 from tests.gateway.upstream_double import ECHO, FAIL_WITH_DETAILS, Recorder, start_upstream
-from tests.support.processes import free_port, running
+from tests.support.processes import free_port, running, stderr_text
 
 KEY = {"x-api-key": "secret-key"}
 NOTEBOOK_ROUTES = """
@@ -40,14 +42,15 @@ call = "/shop.recommendations.v1.RecommendationService/GetRecommendations"
 class Doors:
     grpc: str
     http: str
+    process: subprocess.Popen[str]
 
 
 @contextlib.contextmanager
 def http_gateway(config: Path) -> Iterator[Doors]:
     port, http_port = free_port(), free_port()
     args = ["-m", "gateway", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
-    with running([*args, "--http-listen", f"127.0.0.1:{http_port}"], port):
-        yield Doors(f"127.0.0.1:{port}", f"http://127.0.0.1:{http_port}")
+    with running([*args, "--http-listen", f"127.0.0.1:{http_port}"], port) as process:
+        yield Doors(f"127.0.0.1:{port}", f"http://127.0.0.1:{http_port}", process)
 
 
 @pytest.fixture
@@ -371,3 +374,24 @@ async def test_an_upstream_ending_a_stream_early_keeps_its_status(services: Serv
     assert [
         reply.text for reply in (*streamed, *grouped) if reply.status_code != 404 or reply.json() != status
     ] == []
+
+
+async def test_every_request_has_an_access_log_line(doors: Doors, web: httpx.AsyncClient) -> None:
+    assert (await web.get("/v1/users/101", headers={**KEY, "x-request-id": "http-ok"})).status_code == 200
+    assert (await web.get("/nowhere", headers={**KEY, "x-request-id": "http-404"})).status_code == 404
+    lines: dict[str, dict[str, object]] = {}
+    deadline = time.monotonic() + 5
+    while len(lines) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)  # lines are written on the engine's tick (0.25 s)
+        for line in stderr_text(doors.process).splitlines():
+            if '"logger":"access"' in line:
+                entry = json.loads(line)
+                if entry["request_id"] in ("http-ok", "http-404"):
+                    lines[str(entry["request_id"])] = entry
+    assert lines["http-ok"]["method"] == "/shop.users.v1.UserService/GetUser"
+    assert (lines["http-ok"]["code"], lines["http-ok"]["client"], lines["http-ok"]["rate_limit"]) == (
+        "OK",
+        "demo",
+        "allowed",
+    )
+    assert (lines["http-404"]["method"], lines["http-404"]["code"]) == ("/nowhere", "NOT_FOUND")

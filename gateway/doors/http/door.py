@@ -13,7 +13,6 @@ import asyncio
 import base64
 import binascii
 import json
-import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,8 +36,6 @@ from gateway.doors.http.transcode import BadRequest, parse_json, reply_json, req
 from gateway.routing.health import Upstreams
 from gateway.routing.http.bindings import Binding, HttpRoutes, Match
 from gateway.routing.table import MethodRoute
-
-log = logging.getLogger("gateway.http")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -88,39 +85,27 @@ class DoorPlan:
     openapi: bytes  # /openapi.json, made once per configuration
     # Opens channels of grpc's blocking API, for client-streaming calls (see threaded.py).
     blocking: Callable[[], Upstreams]
-    _callers: dict[str, Any] = field(default_factory=dict)
+    _callers: dict[tuple[bool, str], Any] = field(default_factory=dict)
     _blocking: list[Upstreams] = field(default_factory=list)  # the blocking channels, once opened
 
-    def blocking_caller(self, route: MethodRoute) -> Any:
-        """The blocking API's multicallable of ``route``'s method (raw bytes both ways)."""
-        key = f"blocking {route.path}"
-        caller = self._callers.get(key)
+    def caller(self, route: MethodRoute, blocking: bool = False) -> Any:
+        """The multicallable of ``route``'s method, made on first use, raw bytes both ways (the door
+        makes the request's bytes and decodes the reply's itself); grpc.aio's, or the blocking API's."""
+        caller = self._callers.get((blocking, route.path))
         if caller is None:
-            if not self._blocking:
+            if blocking and not self._blocking:
                 self._blocking.append(self.blocking())
-            channel = self._blocking[0].channel(route.upstream)
-            caller = getattr(channel, route.kind)(
+            channels = self._blocking[0] if blocking else self.upstreams
+            caller = getattr(channels.channel(route.upstream), route.kind)(
                 route.path, request_serializer=None, response_deserializer=None
             )
-            self._callers[key] = caller
+            self._callers[(blocking, route.path)] = caller
         return caller
 
     async def close(self) -> None:
         await self.upstreams.close()
         for opened in self._blocking:
             await opened.close()
-
-    def caller(self, route: MethodRoute) -> Any:
-        """The grpc.aio multicallable of ``route``'s method, made on first use (raw bytes both ways:
-        the door makes the request's bytes and decodes the reply's itself)."""
-        caller = self._callers.get(route.path)
-        if caller is None:
-            channel = self.upstreams.channel(route.upstream)
-            caller = getattr(channel, route.kind)(
-                route.path, request_serializer=None, response_deserializer=None
-            )
-            self._callers[route.path] = caller
-        return caller
 
 
 def _peer(scope: Scope) -> Callable[[], str]:
@@ -244,6 +229,9 @@ class HttpDoor:
                 raise _Refused(404, grpc.StatusCode.NOT_FOUND, f"no route for {verb} {path[:200]}")
             body = await _body(receive, plan.max_body_bytes)
         except _Refused as refused:
+            # Counted and logged as a call no route takes, as the gRPC door counts them.
+            observer = plan.chain.unrouted.observer
+            started = observer.start()
             await _send_status(
                 send,
                 refused.http_status,
@@ -254,6 +242,8 @@ class HttpDoor:
                 plan.pool,
                 refused.headers,
             )
+            facts = Call("http", path[:200], (), _peer(scope), request_id or request_id_of(()))
+            observer.ended(facts, refused.code, started)
             return
         await _Exchange(plan, matched, scope, metadata, request_id, timeout, body, send, receive).run()
 
@@ -316,7 +306,7 @@ class _Exchange:
             call = plan.caller(route)(requests[0], timeout=timeout, metadata=metadata)
         else:
             call = ThreadedStreamCall(
-                plan.blocking_caller(route), requests, timeout, metadata, route.server_streaming
+                plan.caller(route, blocking=True), requests, timeout, metadata, route.server_streaming
             )
         # The whole body is read: what comes next is the client leaving, which cancels the call.
         watcher = asyncio.ensure_future(self._cancel_when_gone(call))

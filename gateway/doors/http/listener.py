@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import socket
 import ssl
 
@@ -21,8 +20,6 @@ from gateway.doors.http.openapi import openapi_document
 from gateway.plan import Plan
 from runtime.addresses import parse_host_port
 from runtime.serving import BindError
-
-log = logging.getLogger("gateway.http")
 
 
 def door_plan(plan: Plan, unary: UnaryUpstream) -> DoorPlan:
