@@ -15,6 +15,7 @@ from gateway.engines.base import Retired
 from gateway.ops.own_services import OwnServices
 from gateway.plan import Plan, Reloader
 from gateway.routing.health import HealthMonitor, Upstreams
+from runtime.addresses import format_host_port, parse_host_port
 from runtime.serving import wait_for_stop_signal
 
 log = logging.getLogger("gateway")
@@ -41,12 +42,13 @@ class Gateway:
         self._retired = Retired()
 
     @property
-    def port(self) -> int:
-        return self._engine.port
-
-    @property
-    def http_port(self) -> int | None:
-        return None if self._http is None else self._http.port
+    def addresses(self) -> tuple[str, str | None]:
+        """Where the gRPC door and the HTTP door (None: off) listen, with the ports they got."""
+        config = self.plan.config
+        http = None
+        if self._http is not None and config.http.listen is not None:
+            http = _with_port(config.http.listen, self._http.port)
+        return _with_port(config.listen, self._engine.port), http
 
     def _health_monitor(self, plan: Plan) -> tuple[HealthMonitor, Upstreams]:
         config = plan.config
@@ -112,6 +114,12 @@ class Gateway:
         await self.plan.observability.close()
 
 
+def _with_port(address: str, port: int) -> str:
+    """``address`` with the port it was given (``127.0.0.1:0`` listens on some free port)."""
+    host, _ = parse_host_port(address)
+    return format_host_port(host, port)
+
+
 async def serve(plan: Plan, reload: Reloader, reuse_port: bool = False) -> int:
     """Run the gateway until SIGTERM or SIGINT; SIGHUP reloads the config through ``reload``."""
     gateway = Gateway(plan, reuse_port)
@@ -120,14 +128,15 @@ async def serve(plan: Plan, reload: Reloader, reuse_port: bool = False) -> int:
         metrics_server.start()
     await gateway.start()
     config = plan.config
+    address, http = gateway.addresses
     log.info(
         "listening",
         extra={
-            "address": config.listen,
+            "address": address,
             "tls": "off" if config.tls is None else ("mtls" if config.tls.client_ca else "tls"),
             "routes": dict(plan.routes.upstream_of),
             "metrics": config.metrics_listen,
-            "http": config.http.listen,
+            "http": http,
         },
     )
 
