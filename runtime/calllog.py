@@ -21,6 +21,7 @@ log = logging.getLogger("calls")
 
 # The metadata key that carries a call's id from hop to hop (set by the gateway).
 REQUEST_ID_HEADER = "x-request-id"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 # Called when a call ends: its context, what ``start`` returned when it began, and its exception.
 Finish = Callable[[grpc.aio.ServicerContext, float, BaseException | None], None]
@@ -103,8 +104,13 @@ class CallLogInterceptor(grpc.aio.ServerInterceptor):
             (v for k, v in handler_call_details.invocation_metadata or () if k == REQUEST_ID_HEADER), None
         )
 
+        # Health checks come every few seconds from load balancers and gateways: debug, not info,
+        # so that the calls a person makes stand out.
+        level = logging.DEBUG if method.startswith(HEALTH_PREFIX) else logging.INFO
+
         def write(context: grpc.aio.ServicerContext, started: float, error: BaseException | None) -> None:
-            log.info(
+            log.log(
+                level,
                 "call",
                 extra={
                     "method": method,

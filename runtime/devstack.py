@@ -56,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
     codes = [process.wait() for process in processes]
-    return max(codes, default=0)
+    if stopping.is_set():
+        # Stopped as asked (Ctrl-C reaches every process of the terminal's group): one that died of
+        # that signal before it had set up its own handling stopped too.
+        codes = [0 if code in (-signal.SIGINT, -signal.SIGTERM) else code for code in codes]
+    return max((1 if code < 0 else code for code in codes), default=0)
 
 
 if __name__ == "__main__":

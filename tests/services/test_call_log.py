@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shop.recommendations.v1 import recommendations_pb2
 from shop.users.v1 import users_pb2
 
@@ -63,3 +64,17 @@ def test_startup_is_logged_with_the_address(user_service: Server) -> None:
     listening = [entry for entry in log_entries(user_service.proc) if entry["message"] == "listening"]
     assert len(listening) == 1
     assert listening[0]["address"] == user_service.address
+
+
+async def test_health_checks_are_logged_at_debug_only(
+    user_service: Server, users: UserServiceAsyncStub
+) -> None:
+    before = len(log_entries(user_service.proc))
+    async with grpc.aio.insecure_channel(user_service.address) as channel:
+        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    await users.GetUser(users_pb2.GetUserRequest(user_id=101), timeout=5)
+    await wait_for_entry(
+        user_service.proc, after=before, method="/shop.users.v1.UserService/GetUser", code="OK"
+    )
+    methods = [entry.get("method") for entry in log_entries(user_service.proc)[before:]]
+    assert "/grpc.health.v1.Health/Check" not in methods
