@@ -31,11 +31,11 @@ from gateway.call.step import Call, Metadata, Refusal
 from gateway.call.upstream import UnaryReply, UnaryUpstream
 from gateway.doors.http.docs import asset, is_docs
 from gateway.doors.http.status import HTTP_STATUS, status_json
-from gateway.doors.http.threaded import ThreadedStreamCall
 from gateway.doors.http.transcode import BadRequest, parse_json, reply_json, request_message
 from gateway.routing.health import Upstreams
 from gateway.routing.http.bindings import Binding, HttpRoutes, Match
 from gateway.routing.table import MethodRoute
+from gateway.routing.threaded import ThreadedStreamCall
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -83,7 +83,7 @@ class DoorPlan:
     max_body_bytes: int
     max_header_bytes: int
     openapi: bytes  # /openapi.json, made once per configuration
-    # Opens channels of grpc's blocking API, for client-streaming calls (see threaded.py).
+    # Opens channels of grpc's blocking API, for client-streaming calls (see routing/threaded.py).
     blocking: Callable[[], Upstreams]
     _callers: dict[tuple[bool, str], Any] = field(default_factory=dict)
     _blocking: list[Upstreams] = field(default_factory=list)  # the blocking channels, once opened

@@ -88,7 +88,7 @@ class AioEngine:
         previous = self._switchboard.table
         self._switchboard.table = HandlerTable(plan, plan.open_upstreams())
         self.plan = plan
-        self._retired.close_later(plan.config.shutdown_grace + 1, previous.upstreams.close)
+        self._retired.close_later(plan.config.shutdown_grace + 1, previous.close)
 
     def tick(self) -> None:
         """On the event loop, where this engine's decisions run too."""
@@ -100,4 +100,4 @@ class AioEngine:
             self._ticking.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticking
-        await self._switchboard.table.upstreams.close()
+        await self._switchboard.table.close()

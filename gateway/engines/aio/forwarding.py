@@ -15,17 +15,27 @@ from gateway.call.metadata import forwarded
 from gateway.call.replies import reply_headers, unavailable_message, upstream_timeout
 from gateway.call.step import Call, Metadata
 from gateway.routing.table import MethodRoute
+from gateway.routing.threaded import ThreadedStreamCall
 
 
 class Forwarder:
     """Forwards the calls of one method; built once per configuration."""
 
-    def __init__(self, route: MethodRoute, channel: grpc.aio.Channel) -> None:
+    def __init__(self, route: MethodRoute, channel: Any, blocking: bool = False) -> None:
+        """``blocking``: ``channel`` is of grpc's blocking API, and calls go out from a thread each
+        (client streams: see gateway/routing/threaded.py)."""
         self.route = route
         # No serializers: requests and replies stay raw bytes.
-        self._call = getattr(channel, route.kind)(
+        multicallable = getattr(channel, route.kind)(
             route.path, request_serializer=None, response_deserializer=None
         )
+        self._call: Any = multicallable
+        if blocking:
+
+            def threaded(requests: Any, timeout: float | None, metadata: Metadata) -> ThreadedStreamCall:
+                return ThreadedStreamCall(multicallable, requests, timeout, metadata, route.server_streaming)
+
+            self._call = threaded
         self._default_timeout = route.default_timeout
 
     async def unary_reply(self, request: Any, context: grpc.aio.ServicerContext, facts: Call) -> bytes:

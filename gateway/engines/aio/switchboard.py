@@ -19,6 +19,7 @@ from gateway.engines.aio.admission import Admission, Serve, serving
 from gateway.engines.aio.forwarding import Forwarder
 from gateway.plan import Plan
 from gateway.routing.health import Upstreams
+from gateway.routing.table import MethodRoute
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
@@ -48,15 +49,30 @@ class HandlerTable:
         chain = plan.chain
         self._chain: Chain = chain
         self.upstreams = upstreams
+        routes = plan.routes.methods
+        # Client streams go upstream on grpc's blocking API (see gateway/routing/threaded.py).
+        self._blocking = None
+        if any(route.client_streaming for route in routes.values()):
+            self._blocking = plan.open_upstreams(blocking=True)
         self._routed = {
             path: _forwarding_handler(
-                Forwarder(route, upstreams.channel(route.upstream)),
-                Admission(chain.methods[path], path, route.client_streaming),
+                self._forwarder(route), Admission(chain.methods[path], path, route.client_streaming)
             )
-            for path, route in plan.routes.methods.items()
+            for path, route in routes.items()
         }
         self._own = frozenset(plan.own)
         self._own_handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def _forwarder(self, route: MethodRoute) -> Forwarder:
+        if route.client_streaming and self._blocking is not None:
+            return Forwarder(route, self._blocking.channel(route.upstream), blocking=True)
+        return Forwarder(route, self.upstreams.channel(route.upstream))
+
+    async def close(self) -> None:
+        """Close the table's channels (once the calls on them have had time to end)."""
+        await self.upstreams.close()
+        if self._blocking is not None:
+            await self._blocking.close()
 
     async def handler(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
         path: str = details.method
