@@ -123,24 +123,10 @@ def _with_port(address: str, port: int) -> str:
 async def serve(plan: Plan, reload: Reloader, reuse_port: bool = False) -> int:
     """Run the gateway until SIGTERM or SIGINT; SIGHUP reloads the config through ``reload``."""
     gateway = Gateway(plan, reuse_port)
-    metrics_server = plan.observability.metrics_server
-    if metrics_server is not None:
-        metrics_server.start()
-    await gateway.start()
-    config = plan.config
-    address, http = gateway.addresses
-    log.info(
-        "listening",
-        extra={
-            "address": address,
-            "tls": "off" if config.tls is None else ("mtls" if config.tls.client_ca else "tls"),
-            "routes": dict(plan.routes.upstream_of),
-            "metrics": config.metrics_listen,
-            "http": http,
-        },
-    )
+    started = asyncio.Event()
 
     async def on_hangup() -> None:
+        await started.wait()  # a SIGHUP during start-up reloads once the gateway serves
         try:
             new_plan = reload(gateway.plan)
         except ConfigError as error:
@@ -156,8 +142,29 @@ async def serve(plan: Plan, reload: Reloader, reuse_port: bool = False) -> int:
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
+    # Every signal is handled before the gateway says SERVING: a SIGHUP or SIGTERM sent the moment
+    # it does must not meet the default action (the end of the process).
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup)
-    await wait_for_stop_signal()
+    stopping = asyncio.ensure_future(wait_for_stop_signal())
+    await asyncio.sleep(0)  # lets it install its handlers
+    metrics_server = plan.observability.metrics_server
+    if metrics_server is not None:
+        metrics_server.start()
+    await gateway.start()
+    started.set()
+    config = plan.config
+    address, http = gateway.addresses
+    log.info(
+        "listening",
+        extra={
+            "address": address,
+            "tls": "off" if config.tls is None else ("mtls" if config.tls.client_ca else "tls"),
+            "routes": dict(plan.routes.upstream_of),
+            "metrics": config.metrics_listen,
+            "http": http,
+        },
+    )
+    await stopping
     log.info("shutting down", extra={"grace_seconds": config.shutdown_grace})
     await gateway.stop(config.shutdown_grace)
     log.info("stopped")
