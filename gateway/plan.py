@@ -137,7 +137,7 @@ def build_chain(
     observers = CallObservers(
         routes,
         lambda path: bool(policy.rules_for(path)),
-        {path: method.service for path, method in own.items()},
+        own,
         observability.metrics,
         observability.access_log,
     )

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from gateway.call.step import BadRequest, Call, Refusal, Verdict
+from gateway.call.step import BadRequest, Call, Metadata, Refusal, Verdict
 
 log = logging.getLogger("gateway.chain")
 
@@ -38,9 +38,13 @@ FAILURE_LOG_SECONDS = 10.0
 
 
 class CallObserver(Protocol):
-    """Sees each call of one method begin and end (metrics, access log)."""
+    """Sees each call of one method begin, go upstream and end (metrics, access log, traces)."""
 
     def start(self) -> float: ...
+
+    def forwarding(self, call: Call) -> Metadata:
+        """The metadata to send upstream with ``call``: the door calls it as it forwards the call."""
+        ...
 
     def ended(self, call: Call, code: grpc.StatusCode, started: float) -> None: ...
 

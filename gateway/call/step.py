@@ -55,9 +55,13 @@ class Call:
         "metadata",
         "method",
         "rate_limit",
+        "received",
         "reply_headers",
         "request_id",
+        "sent",
         "to_upstream",
+        "trace",
+        "upstream_started",
     )
 
     def __init__(
@@ -84,6 +88,11 @@ class Call:
         self.auth_failure: str | None = None  # the reason label of an auth refusal
         self.rate_limit: str | None = None  # "allowed", "refused", "store_error"; None: not limited
         self.limited_by: str | None = None  # the rule that refused the call
+        # Streamed messages counted by the door (a unary side's one message is not counted).
+        self.received = 0
+        self.sent = 0
+        self.upstream_started = 0.0  # perf_counter() as the call went upstream; 0: it did not
+        self.trace: Any = None  # the call's spans, while tracing is on
 
     def peer(self) -> str:
         """The caller's address as grpc writes it (``ipv4:127.0.0.1:5555``); looked up only when asked."""

@@ -23,6 +23,8 @@ from prometheus_client import (
 )
 from prometheus_client.process_collector import ProcessCollector
 
+from gateway.call.step import Call
+from gateway.ops.grpc_metrics import UNKNOWN, GrpcMetrics, SideSeries, grpc_type
 from runtime.addresses import format_host_port, parse_host_port
 from runtime.serving import BindError
 
@@ -43,22 +45,46 @@ AUTH_FAILURE_REASONS = ("missing_key", "invalid_key", "several_keys", "not_allow
 
 
 class MethodMetrics:
-    """The series of one method: calls by status code, and latency."""
+    """The series of one method: calls by door and status code, latency, and the conventional
+    ``grpc_server_*`` (and for a routed method ``grpc_client_*``) series."""
 
-    __slots__ = ("_by_code", "_calls", "_labels", "_latency")
+    __slots__ = (
+        "_by_code",
+        "_calls",
+        "_labels",
+        "_latency",
+        "_requests_stream",
+        "_streams",
+        "client",
+        "server",
+    )
 
-    def __init__(self, metrics: GatewayMetrics, service: str, method: str) -> None:
+    def __init__(
+        self, metrics: GatewayMetrics, service: str, method: str, kind: tuple[bool, bool] | None, routed: bool
+    ) -> None:
+        """``kind``: whether the method streams requests, replies; None: unknown (an unrouted path)."""
         self._labels = (service, method)
         self._calls = metrics.calls
-        self._by_code: dict[grpc.StatusCode, Counter] = {}
+        self._by_code: dict[tuple[str, grpc.StatusCode], Counter] = {}
         self._latency = metrics.latency.labels(service, method)
+        self._requests_stream, self._streams = kind if kind is not None else (False, False)
+        labels = (grpc_type(*kind), service, method) if kind is not None else (UNKNOWN, UNKNOWN, UNKNOWN)
+        self.server = SideSeries(metrics.grpc.server, labels)
+        self.client = SideSeries(metrics.grpc.client, labels) if routed else None
 
-    def finished(self, code: grpc.StatusCode, seconds: float) -> None:
-        counter = self._by_code.get(code)
+    def finished(self, call: Call, code: grpc.StatusCode, seconds: float, now: float) -> None:
+        key = (call.door, code)
+        counter = self._by_code.get(key)
         if counter is None:
-            counter = self._by_code[code] = self._calls.labels(*self._labels, code.name)
+            counter = self._by_code[key] = self._calls.labels(*self._labels, code.name, call.door)
         counter.inc()
         self._latency.observe(seconds)
+        # A unary side carries one message: the request once it arrived, the reply once OK.
+        received = call.received if self._requests_stream else int(call.first is not None)
+        sent = call.sent if self._streams else int(code is grpc.StatusCode.OK)
+        self.server.handled(code, seconds, received, sent)
+        if self.client is not None and call.upstream_started:
+            self.client.handled(code, now - call.upstream_started, sent, received)
 
 
 class GatewayMetrics:
@@ -72,8 +98,9 @@ class GatewayMetrics:
         ProcessCollector(registry=self.registry)
         self.calls = Counter(
             f"{PREFIX}_calls",
-            "Calls handled, by gRPC service, method and status code (the gateway's own refusals included).",
-            ["service", "method", "code"],
+            "Calls handled, by gRPC service, method, status code (the gateway's own refusals included) "
+            "and door (grpc, http).",
+            ["service", "method", "code", "door"],
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -83,6 +110,7 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.grpc = GrpcMetrics(self.registry, LATENCY_BUCKETS)
         self.in_flight = Gauge(
             f"{PREFIX}_calls_in_flight", "Calls being handled right now.", registry=self.registry
         )
@@ -135,8 +163,10 @@ class GatewayMetrics:
         self._by_rule = {rule: self._rate_limited.labels(rule) for rule in rules}
         self._by_reason = {reason: self._auth_failures.labels(reason) for reason in AUTH_FAILURE_REASONS}
 
-    def for_method(self, service: str, method: str) -> MethodMetrics:
-        return MethodMetrics(self, service, method)
+    def for_method(
+        self, service: str, method: str, kind: tuple[bool, bool] | None, routed: bool
+    ) -> MethodMetrics:
+        return MethodMetrics(self, service, method, kind, routed)
 
     def rate_limited(self, rule: str) -> None:
         _bound(self._by_rule, self._rate_limited, rule).inc()

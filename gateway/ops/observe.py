@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import grpc
 
-from gateway.call.step import Call
+from gateway.call.metadata import forwarded
+from gateway.call.step import Call, Metadata
 from gateway.config.schema import GatewayConfig
 from gateway.ops.accesslog import AccessLog, method_part
 from gateway.ops.metrics import GatewayMetrics, MethodMetrics, MetricsServer
+from gateway.ops.own_services import OwnMethod
 from gateway.routing.table import RouteTable
 
 # Metric labels of every call to a method that is neither routed nor the gateway's own: a caller
@@ -26,7 +28,7 @@ UNROUTED = "unrouted"
 
 
 class MethodObserver:
-    """Counts and logs the calls of one method; built once per method."""
+    """Counts, logs and traces the calls of one method; built once per method."""
 
     def __init__(
         self,
@@ -46,13 +48,23 @@ class MethodObserver:
         self._method_part = None if path is None else method_part(path, upstream)
 
     def start(self) -> float:
+        if self._metrics is not None:
+            self._metrics.server.started.inc()
         if self._in_flight is not None:
             self._in_flight(1)
         return time.perf_counter()
 
+    def forwarding(self, call: Call) -> Metadata:
+        """The metadata to send upstream with ``call``, which the door is about to forward."""
+        call.upstream_started = time.perf_counter()
+        if self._metrics is not None and self._metrics.client is not None:
+            self._metrics.client.started.inc()
+        return forwarded(call)
+
     def ended(self, call: Call, code: grpc.StatusCode, started: float) -> None:
         """The call that ``start()`` returned ``started`` for ended with ``code``."""
-        seconds = time.perf_counter() - started
+        now = time.perf_counter()
+        seconds = now - started
         metrics = self._gateway_metrics
         if metrics is not None:
             if call.auth_failure is not None:
@@ -63,7 +75,7 @@ class MethodObserver:
                 metrics.rate_limited(call.limited_by)
         if self._metrics is not None and self._in_flight is not None:
             self._in_flight(-1)
-            self._metrics.finished(code, seconds)
+            self._metrics.finished(call, code, seconds, now)
         if self._log is None:
             return
         outcome = call.rate_limit
@@ -88,26 +100,39 @@ class CallObservers:
         self,
         routes: RouteTable,
         limited: Callable[[str], bool],
-        local_methods: Mapping[str, str],
+        local_methods: Mapping[str, OwnMethod],
         metrics: GatewayMetrics | None,
         access_log: AccessLog | None,
     ) -> None:
         log = access_log if access_log is not None and access_log.enabled else None
 
         def observer(
-            path: str | None, service: str, upstream: str | None, is_limited: bool
+            path: str | None,
+            service: str,
+            upstream: str | None,
+            is_limited: bool,
+            kind: tuple[bool, bool] | None,
         ) -> MethodObserver:
             method = UNROUTED if path is None else path.rsplit("/", 1)[-1]
-            bound = metrics.for_method(service, method) if metrics is not None else None
+            bound = None
+            if metrics is not None:
+                bound = metrics.for_method(service, method, kind, routed=upstream is not None)
             return MethodObserver(path, upstream, is_limited, metrics, bound, log)
 
         self.methods = {
-            path: observer(path, route.service, route.upstream, limited(path))
+            path: observer(
+                path,
+                route.service,
+                route.upstream,
+                limited(path),
+                (route.client_streaming, route.server_streaming),
+            )
             for path, route in routes.methods.items()
         }
-        for path, service in local_methods.items():
-            self.methods[path] = observer(path, service, None, False)
-        self.unrouted = observer(None, UNROUTED, None, False)
+        for path, own in local_methods.items():
+            kind = (own.client_streaming, own.server_streaming)
+            self.methods[path] = observer(path, own.service, None, False, kind)
+        self.unrouted = observer(None, UNROUTED, None, False, None)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from shop.users.v1 import users_pb2
 
 from gateway.call.chain import BUILT_IN_ORDER, Chain, MethodChain, Placement, PlacementError, ordered
 from gateway.call.metadata import forwarded
-from gateway.call.step import Call, Refusal
+from gateway.call.step import Call, Metadata, Refusal
 from gateway.config.schema import AccessLog as AccessLogConfig
 from gateway.config.schema import parse_config
 from gateway.ops.accesslog import AccessLog
@@ -44,6 +44,9 @@ class Observer:
 
     def start(self) -> float:
         return 0.0
+
+    def forwarding(self, call: Call) -> Metadata:
+        return ()
 
     def ended(self, call: Call, code: grpc.StatusCode, started: float) -> None:
         pass

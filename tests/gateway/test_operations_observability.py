@@ -93,13 +93,14 @@ async def test_metrics_count_known_traffic(setup: Setup) -> None:
 
         calls = "grpc_gateway_calls_total"
         get = {"service": USERS, "method": "GetUser"}
+        by_grpc = {"door": "grpc"}
         # Counted when each call has ended, which can be just after the client saw its status.
-        await wait_for(lambda: delta(calls, **get, code="UNAUTHENTICATED") == 2, what="the refusals counted")
-        assert delta(calls, **get, code="OK") == 5
-        assert delta(calls, **get, code="RESOURCE_EXHAUSTED") == 1
-        assert delta(calls, **get, code="UNAVAILABLE") == 1
-        assert delta(calls, service=USERS, method="ListUsers", code="OK") == 1
-        assert delta(calls, service="unrouted", method="unrouted", code="UNIMPLEMENTED") == 1
+        await wait_for(lambda: delta(calls, **get, **by_grpc, code="UNAUTHENTICATED") == 2, what="the refusals counted")
+        assert delta(calls, **get, **by_grpc, code="OK") == 5
+        assert delta(calls, **get, **by_grpc, code="RESOURCE_EXHAUSTED") == 1
+        assert delta(calls, **get, **by_grpc, code="UNAVAILABLE") == 1
+        assert delta(calls, service=USERS, method="ListUsers", code="OK", **by_grpc) == 1
+        assert delta(calls, service="unrouted", method="unrouted", code="UNIMPLEMENTED", **by_grpc) == 1
         assert delta("grpc_gateway_call_duration_seconds_count", **get) == 9
         assert delta("grpc_gateway_call_duration_seconds_bucket", **get, le="+Inf") == 9
         assert delta("grpc_gateway_rate_limited_total", rule="per-user") == 1
@@ -129,7 +130,12 @@ async def test_calls_in_flight(setup: Setup) -> None:
             lambda: value(gateway.scrape(), "grpc_gateway_calls_in_flight") == 0, what="in-flight back to 0"
         )
     cancelled = value(
-        gateway.scrape(), "grpc_gateway_calls_total", service=USERS, method="ListUsers", code="CANCELLED"
+        gateway.scrape(),
+        "grpc_gateway_calls_total",
+        service=USERS,
+        method="ListUsers",
+        code="CANCELLED",
+        door="grpc",
     )
     assert cancelled == 1
 

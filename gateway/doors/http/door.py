@@ -23,7 +23,6 @@ import grpc
 from google.protobuf.descriptor_pool import DescriptorPool
 
 from gateway.call.chain import Chain, MethodChain
-from gateway.call.metadata import forwarded
 from gateway.call.replies import reply_headers, unavailable_message, upstream_timeout
 from gateway.call.requestid import HEADER as REQUEST_ID_HEADER
 from gateway.call.requestid import request_id_of
@@ -298,7 +297,9 @@ class _Exchange:
             return
         route = binding.route
         timeout = upstream_timeout(self.timeout, route.default_timeout or plan.default_timeout)
-        metadata = forwarded(self.facts)
+        metadata = chain.observer.forwarding(self.facts)
+        if route.client_streaming:
+            self.facts.received = len(requests)
         call: Any
         if not route.client_streaming and not route.server_streaming:
             call = asyncio.ensure_future(plan.unary.unary(route, metadata, requests[0], timeout))
@@ -389,6 +390,7 @@ class _Exchange:
                 data = json.dumps(reply_json(self.binding, reply, self.plan.proto_names, self.plan.pool))
                 line = f"data: {data}\n\n" if events else data + "\n"
                 await self.send({"type": "http.response.body", "body": line.encode(), "more_body": True})
+                self.facts.sent += 1
             if not started:
                 await self.send({"type": "http.response.start", "status": 200, "headers": headers})
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})

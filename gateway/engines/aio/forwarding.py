@@ -7,24 +7,34 @@ messages, trailing metadata and status back, untouched.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import grpc
 
-from gateway.call.metadata import forwarded
+from gateway.call.chain import CallObserver
 from gateway.call.replies import reply_headers, unavailable_message, upstream_timeout
 from gateway.call.step import Call, Metadata
 from gateway.routing.table import MethodRoute
 from gateway.routing.threaded import ThreadedStreamCall
 
 
+async def _counted(requests: AsyncIterable[bytes], facts: Call) -> AsyncIterator[bytes]:
+    async for request in requests:
+        facts.received += 1
+        yield request
+
+
 class Forwarder:
     """Forwards the calls of one method; built once per configuration."""
 
-    def __init__(self, route: MethodRoute, channel: Any, blocking: bool = False) -> None:
+    def __init__(
+        self, route: MethodRoute, channel: Any, observer: CallObserver, blocking: bool = False
+    ) -> None:
         """``blocking``: ``channel`` is of grpc's blocking API, and calls go out from a thread each
         (client streams: see gateway/routing/threaded.py)."""
         self.route = route
+        self._observer = observer
         # No serializers: requests and replies stay raw bytes.
         multicallable = getattr(channel, route.kind)(
             route.path, request_serializer=None, response_deserializer=None
@@ -38,12 +48,17 @@ class Forwarder:
             self._call = threaded
         self._default_timeout = route.default_timeout
 
-    async def unary_reply(self, request: Any, context: grpc.aio.ServicerContext, facts: Call) -> bytes:
-        call = self._call(
+    def _start(self, request: Any, context: grpc.aio.ServicerContext, facts: Call) -> Any:
+        if self.route.client_streaming:
+            request = _counted(request, facts)
+        return self._call(
             request,
             timeout=upstream_timeout(context.time_remaining(), self._default_timeout),
-            metadata=forwarded(facts),
+            metadata=self._observer.forwarding(facts),
         )
+
+    async def unary_reply(self, request: Any, context: grpc.aio.ServicerContext, facts: Call) -> bytes:
+        call = self._start(request, context, facts)
         try:
             reply: bytes = await call
         except grpc.aio.AioRpcError as error:
@@ -57,11 +72,7 @@ class Forwarder:
         return reply
 
     async def streamed_reply(self, request: Any, context: grpc.aio.ServicerContext, facts: Call) -> None:
-        call = self._call(
-            request,
-            timeout=upstream_timeout(context.time_remaining(), self._default_timeout),
-            metadata=forwarded(facts),
-        )
+        call = self._start(request, context, facts)
         headers_sent = False
         try:
             # Awaiting initial metadata alone does not carry a cancel upstream: the finally does.
@@ -69,6 +80,7 @@ class Forwarder:
             headers_sent = True
             async for reply in call:
                 await context.write(reply)
+                facts.sent += 1
             context.set_trailing_metadata(tuple(await call.trailing_metadata()))
         except grpc.aio.AioRpcError as error:
             await self._fail(context, facts, error, headers_sent=headers_sent)

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from gateway.call.chain import Chain
+from gateway.call.chain import CallObserver, Chain
 from gateway.call.step import Call
 from gateway.engines.aio.admission import Admission, Serve, serving
 from gateway.engines.aio.forwarding import Forwarder
@@ -56,17 +56,18 @@ class HandlerTable:
             self._blocking = plan.open_upstreams(blocking=True)
         self._routed = {
             path: _forwarding_handler(
-                self._forwarder(route), Admission(chain.methods[path], path, route.client_streaming)
+                self._forwarder(route, chain.methods[path].observer),
+                Admission(chain.methods[path], path, route.client_streaming),
             )
             for path, route in routes.items()
         }
         self._own = frozenset(plan.own)
         self._own_handlers: dict[str, grpc.RpcMethodHandler] = {}
 
-    def _forwarder(self, route: MethodRoute) -> Forwarder:
+    def _forwarder(self, route: MethodRoute, observer: CallObserver) -> Forwarder:
         if route.client_streaming and self._blocking is not None:
-            return Forwarder(route, self._blocking.channel(route.upstream), blocking=True)
-        return Forwarder(route, self.upstreams.channel(route.upstream))
+            return Forwarder(route, self._blocking.channel(route.upstream), observer, blocking=True)
+        return Forwarder(route, self.upstreams.channel(route.upstream), observer)
 
     async def close(self) -> None:
         """Close the table's channels (once the calls on them have had time to end)."""

@@ -16,7 +16,6 @@ import grpc
 from grpc._common import STATUS_CODE_TO_CYGRPC_STATUS_CODE
 from grpc._cython import cygrpc
 
-from gateway.call.metadata import forwarded
 from gateway.call.replies import (
     OUT_OF_TIME,
     incomplete_request,
@@ -133,7 +132,7 @@ class CoreCall:
             # grpc's timers may not have fired yet: a call out of time is never sent on.
             self.refuse(OUT_OF_TIME)
             return
-        metadata = forwarded(self.facts)
+        metadata = self._chain.observer.forwarding(self.facts)
         if method.client_streaming or method.server_streaming:
             read = not method.client_streaming or self._chain.reads_request
             StreamPump(self, method).start(deadline, metadata, read)

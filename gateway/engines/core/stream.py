@@ -73,6 +73,7 @@ class StreamPump:
         sends: list[Any] = [cygrpc.SendInitialMetadataOperation(metadata, NO_FLAGS)]
         if read:
             if first is not None:
+                call.facts.received += 1
                 sends.append(cygrpc.SendMessageOperation(first, NO_FLAGS))
             if first is None or not method.client_streaming:
                 sends.append(cygrpc.SendCloseFromClientOperation(NO_FLAGS))
@@ -102,6 +103,7 @@ class StreamPump:
         if message is None:
             self._channel.operate(upstream, (cygrpc.SendCloseFromClientOperation(NO_FLAGS),), ignore)
         else:
+            self._call.facts.received += 1  # requests come one at a time, on the listener's thread
             self._channel.operate(
                 upstream, (cygrpc.SendMessageOperation(message, NO_FLAGS),), self._on_request_sent
             )
@@ -158,6 +160,7 @@ class StreamPump:
                 self._replies_ended = True
                 finish = self._may_finish()
             else:
+                self._call.facts.sent += 1
                 if self._sending:
                     self._waiting.append(message)
                     self._waiting_bytes += len(message)
