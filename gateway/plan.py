@@ -140,6 +140,7 @@ def build_chain(
         own,
         observability.metrics,
         observability.access_log,
+        observability.tracer,
     )
     paths: dict[str, Any] = {**dict.fromkeys(own), **routes.methods}
     return Chain(steps, paths, observers.methods, observers.unrouted)

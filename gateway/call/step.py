@@ -59,6 +59,7 @@ class Call:
         "reply_headers",
         "request_id",
         "sent",
+        "started",
         "to_upstream",
         "trace",
         "upstream_started",
@@ -91,6 +92,7 @@ class Call:
         # Streamed messages counted by the door (a unary side's one message is not counted).
         self.received = 0
         self.sent = 0
+        self.started = 0.0  # perf_counter() as the call arrived (its observer's start())
         self.upstream_started = 0.0  # perf_counter() as the call went upstream; 0: it did not
         self.trace: Any = None  # the call's spans, while tracing is on
 

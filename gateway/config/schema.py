@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -402,6 +403,55 @@ class Http(_Strict):
     routes: tuple[HttpRoute, ...] = ()
 
 
+class TracingTls(_Strict):
+    """TLS to the trace collector: its CA (default: the system's), and a client certificate if it asks."""
+
+    ca: ConfigPath | None = None
+    cert: ConfigPath | None = None
+    key: ConfigPath | None = None
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> TracingTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together")
+        return self
+
+
+class Tracing(_Strict):
+    """[tracing]: an OpenTelemetry span for every call, exported over OTLP; no tracing without it."""
+
+    # OTLP/gRPC: the collector's HOST:PORT; http/protobuf: its URL (http://HOST:4318/v1/traces).
+    endpoint: str = Field(min_length=1)
+    protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    # The share of new traces kept; a caller's sampled flag is followed either way (parent-based).
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    service_name: str = Field(default="grpc-gateway", min_length=1)
+    # Sent with every export, e.g. a collector's API key.
+    headers: dict[str, Annotated[str, AfterValidator(_printable)]] = Field(default_factory=dict)
+    # TLS to the collector; without it OTLP/gRPC is plaintext (an https:// URL is TLS either way).
+    tls: TracingTls | None = None
+    # Seconds one export may take before its spans are dropped (counted, logged).
+    export_timeout: float = Field(default=5.0, gt=0, le=60)
+    # Seconds between exports (sooner when 512 spans are waiting); at most 2048 wait, then new ones drop.
+    export_delay: float = Field(default=5.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _endpoint_of_protocol(self) -> Tracing:
+        if self.protocol == "grpc":
+            try:
+                parse_host_port(self.endpoint)
+            except ValueError as error:
+                raise ValueError(f"endpoint: {error}") from None
+        elif not re.match(r"^https?://[^/\s]+", self.endpoint):
+            raise ValueError(
+                f"endpoint: {self.endpoint!r} is not an http:// or https:// URL (http/protobuf takes one)"
+            )
+        for name in self.headers:
+            if name != name.lower() or not re.match(r"^[a-z0-9-]+$", name):
+                raise ValueError(f"headers: {name!r} is not a lower-case header name")
+        return self
+
+
 class StepConfig(_Strict):
     """A step of the user's own in the call chain (see gateway/call/step.py for the interface)."""
 
@@ -454,6 +504,7 @@ class GatewayConfig(_Strict):
     # Steps of the user's own, placed in the call chain.
     steps: tuple[StepConfig, ...] = ()
     http: Http = Http()
+    tracing: Tracing | None = None
 
     @field_validator("routes")
     @classmethod

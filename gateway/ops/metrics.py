@@ -160,6 +160,11 @@ class GatewayMetrics:
             ["service", "upstream"],
             registry=self.registry,
         )
+        self._spans_dropped = Counter(
+            f"{PREFIX}_trace_spans_dropped",
+            "Spans the trace collector did not take (down, slow or refusing): dropped, never retried.",
+            registry=self.registry,
+        )
         self._by_rule = {rule: self._rate_limited.labels(rule) for rule in rules}
         self._by_reason = {reason: self._auth_failures.labels(reason) for reason in AUTH_FAILURE_REASONS}
 
@@ -186,6 +191,9 @@ class GatewayMetrics:
     def store_mode(self, mode: str) -> None:
         for name, gauge in self._by_mode.items():
             gauge.set(1 if name == mode else 0)
+
+    def spans_dropped(self, spans: int) -> None:
+        self._spans_dropped.inc(spans)
 
     def upstream_health(self, service: str, upstream: str, serving: bool) -> None:
         self._upstream_healthy.labels(service, upstream).set(1 if serving else 0)

@@ -8,6 +8,7 @@ outcome) is read from the call then, so no step reports to the metrics itself.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from gateway.config.schema import GatewayConfig
 from gateway.ops.accesslog import AccessLog, method_part
 from gateway.ops.metrics import GatewayMetrics, MethodMetrics, MetricsServer
 from gateway.ops.own_services import OwnMethod
+from gateway.ops.tracing import Tracer, upstream_attributes
 from gateway.routing.table import RouteTable
 
 # Metric labels of every call to a method that is neither routed nor the gateway's own: a caller
@@ -38,8 +40,12 @@ class MethodObserver:
         gateway_metrics: GatewayMetrics | None,
         metrics: MethodMetrics | None,
         access_log: AccessLog | None,
+        tracer: Tracer | None,
     ) -> None:
         """``path`` None: the observer of every path no route knows, logged with the path asked for."""
+        self._unrouted = path is None
+        self._tracer = tracer
+        self._upstream = upstream_attributes(upstream) if tracer is not None and upstream else None
         self._limited = limited
         self._gateway_metrics = gateway_metrics
         self._metrics = metrics
@@ -59,12 +65,16 @@ class MethodObserver:
         call.upstream_started = time.perf_counter()
         if self._metrics is not None and self._metrics.client is not None:
             self._metrics.client.started.inc()
+        if self._tracer is not None and self._upstream is not None:
+            return self._tracer.forwarding(call, self._upstream, forwarded(call))
         return forwarded(call)
 
     def ended(self, call: Call, code: grpc.StatusCode, started: float) -> None:
         """The call that ``start()`` returned ``started`` for ended with ``code``."""
         now = time.perf_counter()
         seconds = now - started
+        if self._tracer is not None:
+            self._tracer.ended(call, code, started, self._refused_by(call, code))
         metrics = self._gateway_metrics
         if metrics is not None:
             if call.auth_failure is not None:
@@ -88,6 +98,20 @@ class MethodObserver:
         method = self._method_part if self._method_part is not None else method_part(call.method, None)
         self._log.write(call.request_id, call.peer(), call.client, method, code.name, seconds, outcome)
 
+    def _refused_by(self, call: Call, code: grpc.StatusCode) -> str | None:
+        """Why the gateway refused ``call`` itself, for its span; None: it did not."""
+        if call.upstream_started or code is grpc.StatusCode.OK:
+            return None
+        if call.auth_failure is not None:
+            return f"auth: {call.auth_failure}"
+        if call.limited_by is not None:
+            return f"rate limit: {call.limited_by}"
+        if call.rate_limit == "store_error":
+            return "rate limit: the store failed"
+        if self._unrouted:
+            return "unrouted"
+        return f"refused: {code.name}"
+
 
 class CallObservers:
     """The observer of every method the gateway answers, and one for all other paths.
@@ -103,6 +127,7 @@ class CallObservers:
         local_methods: Mapping[str, OwnMethod],
         metrics: GatewayMetrics | None,
         access_log: AccessLog | None,
+        tracer: Tracer | None = None,
     ) -> None:
         log = access_log if access_log is not None and access_log.enabled else None
 
@@ -117,7 +142,7 @@ class CallObservers:
             bound = None
             if metrics is not None:
                 bound = metrics.for_method(service, method, kind, routed=upstream is not None)
-            return MethodObserver(path, upstream, is_limited, metrics, bound, log)
+            return MethodObserver(path, upstream, is_limited, metrics, bound, log, tracer)
 
         self.methods = {
             path: observer(
@@ -137,15 +162,19 @@ class CallObservers:
 
 @dataclass
 class Observability:
-    """The gateway's metrics (None without a metrics listener), their listener, and its access log."""
+    """The gateway's metrics (None without a metrics listener), their listener, its access log, and
+    its tracer (None without [tracing])."""
 
     metrics: GatewayMetrics | None
     metrics_server: MetricsServer | None
     access_log: AccessLog
+    tracer: Tracer | None = None
 
     async def close(self) -> None:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.close)  # its last export may wait on the collector
         self.access_log.close()
 
 
@@ -160,4 +189,11 @@ def load_observability(config: GatewayConfig) -> Observability:
     if config.metrics_listen is not None:
         metrics = GatewayMetrics(rule.name for rule in config.rate_limit.rules)
         server = MetricsServer(metrics, config.metrics_listen)
-    return Observability(metrics, server, AccessLog(config.access_log))
+    tracer = None
+    if config.tracing is not None:
+        tracer = Tracer(config.tracing, metrics.spans_dropped if metrics is not None else _uncounted)
+    return Observability(metrics, server, AccessLog(config.access_log), tracer)
+
+
+def _uncounted(spans: int) -> None:
+    """Dropped spans without a metrics listener: the exporter's log line says it."""

@@ -75,6 +75,18 @@ CASES = {
         gateway_toml(GOOD_ROUTES, extra='descriptor_sets = ["nowhere.binpb"]'),
         "descriptor_sets[0]: cannot read",
     ),
+    "tracing endpoint not an address": (
+        gateway_toml(GOOD_ROUTES) + '\n[tracing]\nendpoint = "collector"\n',
+        "tracing: endpoint: 'collector' is not an address of the form HOST:PORT",
+    ),
+    "tracing http endpoint not a URL": (
+        gateway_toml(GOOD_ROUTES) + '\n[tracing]\nendpoint = "127.0.0.1:4318"\nprotocol = "http/protobuf"\n',
+        "endpoint: '127.0.0.1:4318' is not an http:// or https:// URL",
+    ),
+    "tracing sample ratio above 1": (
+        gateway_toml(GOOD_ROUTES) + '\n[tracing]\nendpoint = "127.0.0.1:4317"\nsample_ratio = 2\n',
+        "tracing.sample_ratio: Input should be less than or equal to 1",
+    ),
     "upper-case metadata key": (
         gateway_toml(GOOD_ROUTES, rules=PER_USER_RULE.replace("field:user_id", "metadata:X-Tenant")),
         "metadata keys are lower case in gRPC: write 'metadata:x-tenant'",

@@ -95,7 +95,9 @@ async def test_metrics_count_known_traffic(setup: Setup) -> None:
         get = {"service": USERS, "method": "GetUser"}
         by_grpc = {"door": "grpc"}
         # Counted when each call has ended, which can be just after the client saw its status.
-        await wait_for(lambda: delta(calls, **get, **by_grpc, code="UNAUTHENTICATED") == 2, what="the refusals counted")
+        await wait_for(
+            lambda: delta(calls, **get, **by_grpc, code="UNAUTHENTICATED") == 2, what="the refusals counted"
+        )
         assert delta(calls, **get, **by_grpc, code="OK") == 5
         assert delta(calls, **get, **by_grpc, code="RESOURCE_EXHAUSTED") == 1
         assert delta(calls, **get, **by_grpc, code="UNAVAILABLE") == 1

@@ -276,7 +276,7 @@ class _Exchange:
         self.code = grpc.StatusCode.OK
 
     async def run(self) -> None:
-        started = self.chain.observer.start()
+        started = self.facts.started = self.chain.observer.start()
         try:
             await self._run()
         finally:

@@ -69,6 +69,7 @@ class Admission:
             started = observer.start()
             metadata = context.invocation_metadata() or ()
             facts = Call("grpc", path, metadata, context.peer, request_id_of(metadata), request_type)
+            facts.started = started
             error: BaseException | None = None
             try:
                 request = await admit(facts, request, context)

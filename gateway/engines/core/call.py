@@ -75,7 +75,7 @@ class CoreCall:
     # Admission: read the first request if it is needed, run the chain, refuse or forward.
 
     def begin(self) -> None:
-        self._started = self._chain.observer.start()
+        self._started = self.facts.started = self._chain.observer.start()
         self.call.start_server_batch((cygrpc.ReceiveCloseOnServerOperation(NO_FLAGS),), self._on_close)
         method = self._method
         if method is not None and (not method.client_streaming or self._chain.reads_request):
