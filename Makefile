@@ -7,7 +7,7 @@ PROTOS := $(shell find protos -name '*.proto')
 # google/api/annotations.proto and http.proto (HTTP rules on methods) ship with googleapis-common-protos.
 GOOGLEAPIS = $(shell $(BIN)/python -c "import google.api.http_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])")
 
-.PHONY: install proto proto-check run test lint bench clean
+.PHONY: install proto proto-check run test lint bench web clean
 
 install: $(STAMP)
 
@@ -52,6 +52,11 @@ lint: install
 # Options go in BENCH_ARGS, e.g. `make bench BENCH_ARGS=--quick` for a smoke run of a few seconds.
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Rebuilds examples/web/dist/shop.js (committed) from examples/web/src with esbuild, after `make proto`
+# or a change of the npm packages in examples/web/package.json; needs node and npm.
+web:
+	cd examples/web && npm ci --no-audit --no-fund && npm run build
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

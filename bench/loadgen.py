@@ -191,17 +191,19 @@ class GrpcTarget:
 
 @dataclass(frozen=True)
 class HttpTarget:
-    """One HTTP/1.1 GET, with keep-alive (h2load --h1)."""
+    """One HTTP/1.1 GET, or POST of ``body`` (a file), with keep-alive (h2load --h1)."""
 
     address: str
     path: str
     headers: tuple[tuple[str, str], ...] = ()
+    body: Path | None = None
 
     def url(self) -> str:
         return f"http://{self.address}{self.path}"
 
     def h2load_args(self) -> list[str]:
-        return ["--h1", *(arg for name, value in self.headers for arg in ("-H", f"{name}: {value}"))]
+        posted = [] if self.body is None else ["-d", str(self.body)]
+        return ["--h1", *posted, *(arg for name, value in self.headers for arg in ("-H", f"{name}: {value}"))]
 
 
 def run_h2load(

@@ -21,6 +21,7 @@ GATEWAY_AIO = "gateway-aio"
 GATEWAY_STEP = "gateway-step"
 HTTP = "http"
 GATEWAY_HTTP = "gateway-http"
+GATEWAY_GRPC_WEB = "gateway-grpc-web"
 FASTAPI = "fastapi"
 NOTEBOOK = "notebook"
 GATEWAY_REDIS = "gateway-redis"
@@ -40,6 +41,8 @@ PATHS: dict[str, tuple[str, str | None]] = {
     GATEWAY_REDIS: ("gateway, budgets in Redis", GATEWAY_REDIS),
     # GATEWAY's own process, on its HTTP/JSON door (GET /v1/users/101; auth and the per-user rule on).
     GATEWAY_HTTP: ("gateway, HTTP/JSON door", GATEWAY),
+    # The same door and process, the same GetUser as gRPC-Web (binary), POSTed over HTTP/1.1.
+    GATEWAY_GRPC_WEB: ("gateway, gRPC-Web", GATEWAY),
     # What a team writes by hand: FastAPI calling GetUser with the stubs over grpc.aio (no auth, no limit).
     FASTAPI: ("hand-written FastAPI endpoint", FASTAPI),
     # The notebook's FastAPI gateway as it is (its services in-process, its limit out of reach).
@@ -164,6 +167,7 @@ def comparisons(runs: Sequence[Run]) -> list[Comparison]:
     http_handwritten = per_round(runs, HTTP, (GATEWAY_HTTP, FASTAPI), door_cpu_ratio)
     http_grpc = per_round(runs, HTTP, (GATEWAY_HTTP, GATEWAY), door_cpu_ratio)
     http_notebook = per_round(runs, HTTP, (GATEWAY_HTTP, NOTEBOOK), rps_ratio)
+    grpc_web = per_round(runs, HTTP, (GATEWAY_GRPC_WEB, GATEWAY_HTTP), door_cpu_ratio)
     cpu = per_round(runs, UNARY, (GATEWAY, YARDSTICK), cpu_ratio_of(GATEWAY))
     redis = per_round(runs, UNARY, (GATEWAY_REDIS, GATEWAY), redis_cost)
     rps = per_round(runs, UNARY, (GATEWAY, YARDSTICK), rps_ratio)
@@ -257,6 +261,13 @@ def comparisons(runs: Sequence[Run]) -> list[Comparison]:
             "x",
             "≥ 10",
             None if http_notebook is None else http_notebook.median >= 10,
+        ),
+        Comparison(
+            "grpc-web: CPU/call ÷ the same call as HTTP/JSON on the door",
+            grpc_web,
+            "x",
+            "≤ 1.10",
+            None if grpc_web is None else grpc_web.median <= 1.10,
         ),
     ]
 

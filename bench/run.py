@@ -35,6 +35,7 @@ from bench.report import (
     FASTAPI,
     GATEWAY,
     GATEWAY_AIO,
+    GATEWAY_GRPC_WEB,
     GATEWAY_HTTP,
     GATEWAY_NO_LIMITER,
     GATEWAY_REDIS,
@@ -96,6 +97,7 @@ class Settings:
     quiet_wait_budget: float
     grpc_experiments: str
     pin: bool
+    only: str | None = None
 
 
 def _positive(text: str) -> int:
@@ -166,6 +168,11 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument(
+        "--only",
+        choices=(UNARY, LATENCY, STREAM, HTTP),
+        help="run this scenario alone (every server still starts; comparisons of the others read '-')",
+    )
+    parser.add_argument(
         "--output",
         metavar="PATH",
         type=Path,
@@ -195,6 +202,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
         quiet_wait_budget=args.max_quiet_wait if args.max_quiet_wait is not None else 10 if quick else 60,
         grpc_experiments=args.grpc_experiments,
         pin=not args.no_pin,
+        only=args.only,
     )
     return settings, args.output
 
@@ -247,8 +255,9 @@ def _scenarios(settings: Settings, get_user: Call, list_users: Call) -> list[Sce
         Scenario(
             report.Scenario(
                 HTTP,
-                f"HTTP GET of user 101 as JSON: h2load --h1 {http} (the gRPC door's GetUser alike, over h2)",
-                (GATEWAY_HTTP, FASTAPI, NOTEBOOK, GATEWAY),
+                f"HTTP GET of user 101 as JSON: h2load --h1 {http} (the same GetUser POSTed as gRPC-Web, "
+                "and on the gRPC door over h2)",
+                (GATEWAY_HTTP, GATEWAY_GRPC_WEB, FASTAPI, NOTEBOOK, GATEWAY),
             ),
             get_user,
             http,
@@ -441,8 +450,10 @@ def _run(settings: Settings, output: Path) -> int:
             verify.check_list_users(servers[name].address, API_KEY, everyone)
 
         _progress("bench: checking every HTTP path with a real GET")
+        web_headers = (*API_KEY, ("content-type", "application/grpc-web+proto"))
         http_targets = {
             GATEWAY_HTTP: HttpTarget(http_door, "/v1/users/101", API_KEY),
+            GATEWAY_GRPC_WEB: HttpTarget(http_door, get_user.method, web_headers, get_user.body),
             FASTAPI: HttpTarget(servers[FASTAPI].address, "/users/101"),
             NOTEBOOK: HttpTarget(servers[NOTEBOOK].address, "/api/users/users/101", API_KEY),
         }
@@ -450,9 +461,17 @@ def _run(settings: Settings, output: Path) -> int:
         http_calls = {
             path: Call("GET", get_user.body, verify.check_http_get_user(target.url(), target.headers))
             for path, target in http_targets.items()
+            if target.body is None
         }
+        web = http_targets[GATEWAY_GRPC_WEB]
+        web_reply = verify.check_grpc_web_get_user(web.url(), web.headers, get_user.body.read_bytes())
+        http_calls[GATEWAY_GRPC_WEB] = Call("POST", get_user.body, web_reply)
 
-        scenarios = _scenarios(settings, get_user, list_users)
+        scenarios = [
+            scenario
+            for scenario in _scenarios(settings, get_user, list_users)
+            if settings.only in (None, scenario.report.name)
+        ]
 
         def address(path: str) -> str:
             proxy = PATHS[path][1]

@@ -8,6 +8,7 @@ that the rate limiter ran exactly where it should (its ``x-ratelimit-*`` headers
 from __future__ import annotations
 
 import json
+import struct
 import urllib.request
 from collections.abc import Sequence
 
@@ -104,3 +105,28 @@ def check_http_get_user(url: str, headers: tuple[tuple[str, str], ...]) -> int:
     if json.loads(body) != expected:
         raise VerificationError(f"GET {url}: {body!r}, not {expected}")
     return len(body)
+
+
+def check_grpc_web_get_user(url: str, headers: tuple[tuple[str, str], ...], body: bytes) -> int:
+    """POST ``body`` (GetUser(101) framed) to ``url`` as gRPC-Web once: it must be one message, Atul, then
+    the trailers with grpc-status 0. The reply body's size, for the load runs to check.
+
+    Raises:
+        VerificationError: another HTTP status, message or gRPC status.
+    """
+    request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            data: bytes = reply.read()
+    except OSError as error:
+        raise VerificationError(f"POST {url}: {error}") from None
+    frames = []
+    offset = 0
+    while offset + 5 <= len(data):
+        flag, length = struct.unpack_from(">BI", data, offset)
+        frames.append((flag, data[offset + 5 : offset + 5 + length]))
+        offset += 5 + length
+    expected = [(0, EXPECTED_USER.SerializeToString()), (0x80, b"grpc-status: 0\r\n")]
+    if frames != expected or offset != len(data):
+        raise VerificationError(f"gRPC-Web POST {url}: {data!r}, not {expected}")
+    return len(data)

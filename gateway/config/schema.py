@@ -390,6 +390,46 @@ class HttpRoute(_Strict):
         return value.upper() if isinstance(value, str) else value
 
 
+# An origin a page may call from: exact, with "*" for the port (any port, or none) or for the first
+# labels of the host (any subdomain), or "*" alone (any origin).
+_ORIGIN_PATTERN = re.compile(
+    r"\*|https?://(\*\.)?([a-z0-9-]+(\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(:(\*|[0-9]{1,5}))?"
+)
+# An HTTP header name (RFC 9110's token), lower case.
+_HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _origin_pattern(value: str) -> str:
+    if not _ORIGIN_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not an origin; write scheme://host[:port] in lower case, e.g. "
+            "'https://shop.example.com', 'http://127.0.0.1:*' (any port) or 'https://*.example.com' "
+            "(any subdomain), or '*' for any origin"
+        )
+    return value
+
+
+def _header_name(value: str) -> str:
+    value = value.lower()
+    if not _HEADER_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not an HTTP header name")
+    return value
+
+
+class Cors(_Strict):
+    """CORS on the HTTP door: which other origins' web pages may call it (gRPC-Web and JSON alike).
+
+    Off while ``allow_origins`` is empty. A preflight is answered by the gateway, without a key.
+    """
+
+    allow_origins: tuple[Annotated[str, AfterValidator(_origin_pattern)], ...] = ()
+    # Request headers a page may send besides those always allowed: content-type, x-grpc-web,
+    # x-user-agent, grpc-timeout, x-api-key, authorization, x-request-id.
+    allow_headers: tuple[Annotated[str, AfterValidator(_header_name)], ...] = ()
+    # Seconds a browser may keep a preflight's answer (Chromium keeps it 2 hours at most).
+    max_age: int = Field(default=600, ge=0, le=86400)
+
+
 class Http(_Strict):
     """The HTTP/JSON door: every routed method as JSON, through the same chain as gRPC calls."""
 
@@ -401,6 +441,7 @@ class Http(_Strict):
     # Seconds a call may take when the request sets no grpc-timeout header; none: no limit.
     default_timeout: float | None = Field(default=None, gt=0)
     routes: tuple[HttpRoute, ...] = ()
+    cors: Cors = Cors()
 
 
 class TracingTls(_Strict):

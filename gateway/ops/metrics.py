@@ -99,7 +99,7 @@ class GatewayMetrics:
         self.calls = Counter(
             f"{PREFIX}_calls",
             "Calls handled, by gRPC service, method, status code (the gateway's own refusals included) "
-            "and door (grpc, http).",
+            "and door (grpc, http, grpc-web).",
             ["service", "method", "code", "door"],
             registry=self.registry,
         )

@@ -11,7 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
@@ -19,9 +18,8 @@ from selenium.webdriver.support.wait import WebDriverWait
 from tests.gateway.configs import gateway_toml, write_config
 from tests.gateway.conftest import Services
 from tests.gateway.test_http_door import NOTEBOOK_ROUTES, Doors, http_gateway
+from tests.support.browser import headless_chromium
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 # Budgets the fuzzer cannot spend out, so that every answer it sees is the door's or the service's.
 ROOMY_RULE = '\n[[rate_limit.rules]]\nrate = "100000/second"\nkey = "field:user_id"\n'
 
@@ -97,16 +95,8 @@ def test_fuzzing_from_the_document_finds_no_server_error(roomy: Doors) -> None:
 
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=DriverService(CHROMEDRIVER))
-    driver.set_page_load_timeout(20)
-    try:
+    with headless_chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_a_browser_calls_get_user_from_the_docs(roomy: Doors, browser: webdriver.Chrome) -> None:

@@ -17,8 +17,11 @@ from shop.users.v1 import users_pb2, users_pb2_grpc
 
 from runtime.introspection import add_health
 
-ECHO, FAIL_WITH_DETAILS, SLOW = 1, 2, 3
+ECHO, FAIL_WITH_DETAILS, SLOW, LARGE = 1, 2, 3, 4
 SLOW_SECONDS = 5.0
+LARGE_NAME_BYTES = 1024 * 1024
+# ListUsers(segment=BREAKS_OFF) sends one user, then fails.
+BREAKS_OFF = "breaks-off"
 
 
 @dataclass
@@ -35,7 +38,8 @@ def rich_status() -> status_pb2.Status:
 
 
 class ControlledUsers(users_pb2_grpc.UserServiceServicer):
-    """GetUser(1) echoes; GetUser(2) fails with rich details; GetUser(3) is slow; ListUsers never ends."""
+    """GetUser(1) echoes; GetUser(2) fails with rich details; GetUser(3) is slow; GetUser(4) is a 1 MiB
+    user; ListUsers never ends (but for segment BREAKS_OFF: one user, then ABORTED)."""
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
@@ -56,6 +60,8 @@ class ControlledUsers(users_pb2_grpc.UserServiceServicer):
             except asyncio.CancelledError:
                 self.recorder.cancelled.set()
                 raise
+        if request.user_id == LARGE:
+            return users_pb2.User(user_id=LARGE, name="x" * LARGE_NAME_BYTES)
         await context.send_initial_metadata((("x-upstream-header", "hello"),))
         context.set_trailing_metadata((("x-upstream-trailer", "bye"), ("x-trace-bin", b"\x00\x01")))
         return users_pb2.User(user_id=request.user_id, name="echo", segment="test")
@@ -63,6 +69,9 @@ class ControlledUsers(users_pb2_grpc.UserServiceServicer):
     async def ListUsers(
         self, request: users_pb2.ListUsersRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[users_pb2.User]:
+        if request.segment == BREAKS_OFF:
+            yield users_pb2.User(user_id=1, name="user 1")
+            await context.abort(grpc.StatusCode.ABORTED, "the listing broke off")
         number = 0
         try:
             while True:

@@ -15,8 +15,11 @@ import uvicorn
 
 from gateway.call.upstream import UnaryUpstream
 from gateway.config.schema import ServerTls
+from gateway.doors.http.cors import Cors, CorsPolicy
 from gateway.doors.http.door import DoorPlan, HttpDoor
+from gateway.doors.http.grpcweb import GrpcWebDoor
 from gateway.doors.http.openapi import openapi_document
+from gateway.doors.http.upstream import AioUnaryCalls
 from gateway.plan import Plan
 from runtime.addresses import parse_host_port
 from runtime.serving import BindError
@@ -27,11 +30,12 @@ def door_plan(plan: Plan, unary: UnaryUpstream) -> DoorPlan:
     config = plan.config
     proto_names = config.http.json_names == "proto"
     document = openapi_document(plan.http_routes, plan.routes.catalog, proto_names)
+    upstreams = plan.open_upstreams()
     return DoorPlan(
         routes=plan.http_routes,
-        unary=unary,
+        unary=AioUnaryCalls(upstreams),
         chain=plan.chain,
-        upstreams=plan.open_upstreams(),
+        upstreams=upstreams,
         blocking=lambda: plan.open_upstreams(blocking=True),
         pool=plan.routes.catalog.pool,
         proto_names=proto_names,
@@ -69,6 +73,8 @@ class HttpListener:
             raise RuntimeError("HttpListener needs [http] listen")
         self._unary = unary
         self.door = HttpDoor(door_plan(plan, unary))
+        # CORS in front of everything; gRPC-Web calls taken before the JSON routes.
+        self._app = Cors(GrpcWebDoor(self.door), CorsPolicy.of(config.http.cors))
         self._socket = _socket(address, reuse_port)
         self.port: int = self._socket.getsockname()[1]
         self._server = uvicorn.Server(self._config(config.tls, config.shutdown_grace))
@@ -80,7 +86,7 @@ class HttpListener:
             if tls.client_ca is not None:
                 options.update(ssl_ca_certs=str(tls.client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
         config = uvicorn.Config(
-            self.door,
+            self._app,
             http="httptools",
             loop="none",  # the gateway's loop (uvloop) is already running
             lifespan="off",
@@ -105,6 +111,7 @@ class HttpListener:
     def swap(self, plan: Plan) -> DoorPlan:
         """Serve new requests by ``plan``; the previous door plan is returned, to close later."""
         previous, self.door.plan = self.door.plan, door_plan(plan, self._unary)
+        self._app.policy = CorsPolicy.of(plan.config.http.cors)
         return previous
 
     async def stop(self) -> None:
