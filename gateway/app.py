@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -20,8 +21,11 @@ from runtime.serving import wait_for_stop_signal
 
 log = logging.getLogger("gateway")
 
+# Seconds a reload waits for the keys of a JWT issuer the running config did not have.
+RELOAD_KEYS_WAIT = 10.0
+
 # What only a restart can change: the listener and what the process set up once.
-RESTART_ONLY = ("listen", "engine", "tls", "limits", "metrics_listen", "access_log", "reflection")
+RESTART_ONLY = ("listen", "engine", "tls", "limits", "metrics_listen", "access_log", "reflection", "tracing")
 
 
 class Gateway:
@@ -64,13 +68,18 @@ class Gateway:
         return monitor, upstreams
 
     async def start(self) -> None:
-        """Listen, then report health: overall SERVING, each route as its upstream reports."""
+        """Listen, then report health: overall SERVING, each route as its upstream reports, once
+        every JWT issuer's keys are in (fetched, or the last good copy from disk)."""
+        self.plan.token_keys.start()
+        # grpc's health service starts out SERVING: not until the gateway is ready.
+        await self._own.set_health("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.plan.policy.warm_up()
         await self._engine.start()
         if self._http is not None:
             await self._http.start()
         # Each route's status first: once the gateway says SERVING, every route's status is known.
         await self._monitor.check_all()
+        await self._await_token_keys(self.plan, None)
         await self._own.set_health("", health_pb2.HealthCheckResponse.SERVING)
         self._monitoring = asyncio.create_task(self._monitor.run())
 
@@ -85,8 +94,11 @@ class Gateway:
             log.warning("config fields need a restart to change; kept as they were", extra={"fields": kept})
         monitor, upstreams = self._health_monitor(plan)
         await monitor.check_all()
+        plan.token_keys.start()  # the keys of a new issuer; those kept from the running plan go on
+        await self._await_token_keys(plan, RELOAD_KEYS_WAIT)
         previous, previous_upstreams = self.plan, self._upstreams
         self._engine.swap(plan)
+        previous.token_keys.retire(plan.token_keys)
         if self._http is not None:
             previous_door = self._http.swap(plan)
             self._retired.close_later(plan.config.shutdown_grace + 1, previous_door.close)
@@ -111,7 +123,21 @@ class Gateway:
         else:
             await self._engine.stop(grace)
         await self._upstreams.close()
+        self.plan.token_keys.stop()
         await self.plan.observability.close()
+
+    @staticmethod
+    async def _await_token_keys(plan: Plan, within: float | None) -> None:
+        """Wait for every issuer's keys; at start as long as it takes (the gateway is not SERVING
+        meanwhile), on a reload ``within`` seconds (then a new issuer's tokens wait for its keys)."""
+        if not plan.token_keys.sets:
+            return
+        missing = await plan.token_keys.ready(0)
+        if missing:
+            log.info("waiting for the keys of JWT issuers", extra={"issuers": missing})
+            missing = await plan.token_keys.ready(within)
+        if missing:
+            log.warning("serving without the keys of JWT issuers yet", extra={"issuers": missing})
 
 
 def _with_port(address: str, port: int) -> str:
@@ -150,21 +176,28 @@ async def serve(plan: Plan, reload: Reloader, reuse_port: bool = False) -> int:
     metrics_server = plan.observability.metrics_server
     if metrics_server is not None:
         metrics_server.start()
-    await gateway.start()
-    started.set()
     config = plan.config
-    address, http = gateway.addresses
-    log.info(
-        "listening",
-        extra={
-            "address": address,
-            "tls": "off" if config.tls is None else ("mtls" if config.tls.client_ca else "tls"),
-            "routes": dict(plan.routes.upstream_of),
-            "metrics": config.metrics_listen,
-            "http": http,
-        },
-    )
-    await stopping
+    starting = asyncio.ensure_future(gateway.start())
+    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # stopped before it was ready (still waiting for a JWT issuer's keys, say)
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+    else:
+        starting.result()
+        started.set()
+        address, http = gateway.addresses
+        log.info(
+            "listening",
+            extra={
+                "address": address,
+                "tls": "off" if config.tls is None else ("mtls" if config.tls.client_ca else "tls"),
+                "routes": dict(plan.routes.upstream_of),
+                "metrics": config.metrics_listen,
+                "http": http,
+            },
+        )
+        await stopping
     log.info("shutting down", extra={"grace_seconds": config.shutdown_grace})
     await gateway.stop(config.shutdown_grace)
     log.info("stopped")

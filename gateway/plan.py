@@ -23,6 +23,9 @@ from gateway.ops.observe import CallObservers, Observability
 from gateway.ops.own_services import OwnMethod, every_own_path, own_methods, public_services
 from gateway.policy.auth.authenticator import ApiKeyAuth, Authenticator
 from gateway.policy.auth.clients import Client, load_clients
+from gateway.policy.auth.credentials import Credentials, credential_kinds
+from gateway.policy.auth.jwt.providers import TokenKeys, load_tokens
+from gateway.policy.auth.jwt.step import TokenAuth
 from gateway.policy.auth.lockout import FailedAuthLockout
 from gateway.policy.ratelimit.decision import RateLimit
 from gateway.policy.ratelimit.rules import RateLimitPolicy
@@ -58,6 +61,8 @@ class Plan:
     upstream_transports: dict[str, UpstreamTransport]
     # The HTTP/JSON door's routes (checked even while [http] listen is unset).
     http_routes: HttpRoutes
+    # The key sets of the [[auth.jwt]] providers: started and stopped by the app.
+    token_keys: TokenKeys
 
     @property
     def server_options(self) -> list[tuple[str, int]]:
@@ -108,13 +113,18 @@ def _user_steps(config: GatewayConfig) -> list[Placement]:
 
 
 def chain_steps(
-    config: GatewayConfig, routes: RouteTable, policy: RateLimitPolicy, clients: dict[bytes, Client]
+    config: GatewayConfig,
+    routes: RouteTable,
+    policy: RateLimitPolicy,
+    clients: dict[bytes, Client],
+    tokens: TokenAuth | None = None,
 ) -> list[Placement]:
     """Every step of the chain in order: the gateway's own, and the config's where it puts them."""
     lockout = FailedAuthLockout(config.auth.max_failures, config.auth.failure_window)
+    keys = ApiKeyAuth(Authenticator(clients, public_services(config), lockout))
     built_in = {
         "metadata": MetadataCheck(),
-        "auth": ApiKeyAuth(Authenticator(clients, public_services(config), lockout)),
+        "auth": Credentials(keys, tokens, *credential_kinds(config)),
         "route": RouteCheck(routes),
         "rate_limit": RateLimit(policy, routes),
     }
@@ -173,17 +183,19 @@ def load_plan(
     store = None
     if previous is not None and previous.config.rate_limit.storage == config.rate_limit.storage:
         store = previous.policy.store
-    policy = RateLimitPolicy(
-        config.rate_limit, routes, clients=(key.client for key in config.api_keys), store=store
-    )
+    # Tokens name clients the config cannot list: an override may be for any client name then.
+    known_clients = None if config.auth.jwt else [key.client for key in config.api_keys]
+    policy = RateLimitPolicy(config.rate_limit, routes, clients=known_clients, store=store)
     clients = load_clients(config.api_keys, routes, always_allowed=every_own_path())
+    tokens, token_keys = load_tokens(config, routes, previous.token_keys if previous is not None else None)
     credentials = server_credentials(config.tls)
     transports = upstream_transports(config.routes)
     http_routes = HttpRoutes(routes, config.http.routes)
-    steps = chain_steps(config, routes, policy, clients)
+    steps = chain_steps(config, routes, policy, clients, tokens)
     observed = observability(config)
     if policy.store.health is not None:
         policy.store.health.watch(observed.metrics)  # the store's failures and mode, as metrics
+    token_keys.watch(observed.metrics)  # JWKS fetches, failures and the keys' age, as metrics
     return Plan(
         config=config,
         routes=routes,
@@ -195,6 +207,7 @@ def load_plan(
         server_credentials=credentials,
         upstream_transports=transports,
         http_routes=http_routes,
+        token_keys=token_keys,
     )
 
 

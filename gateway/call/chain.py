@@ -3,8 +3,8 @@
     metadata → auth → route → rate_limit        (and the user's steps where the config puts them)
 
 - ``metadata``: refuse text headers grpc could not forward (INVALID_ARGUMENT).
-- ``auth``: who is calling (an API key), and may they call this method; first of the policy
-  steps, so a call without valid credentials never spends rate-limit budget.
+- ``auth``: who is calling (an API key or a JWT), and may they call this method; first of the
+  policy steps, so a call without valid credentials never spends rate-limit budget.
 - ``route``: refuse a path that no route and no service of the gateway's own takes (UNIMPLEMENTED).
 - ``rate_limit``: spend budget of every rule that covers the method (RESOURCE_EXHAUSTED).
 
@@ -12,6 +12,8 @@ The chain is compiled once per method and configuration (a step's ``for_method``
 checks a method at all), so a call runs only the checks that apply to it. A door builds the
 :class:`~gateway.call.step.Call`, reads the first request if ``reads_request``, and runs
 ``decide`` (every check inline) or, if ``waits``, awaits ``decide_waiting`` on the event loop.
+A plain check may still, rarely, have to wait (a token signed with a key its issuer has just
+published): ``decide`` then raises :class:`Deferred`, and the door awaits its ``rest`` on the loop.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 
-from gateway.call.step import BadRequest, Call, Metadata, Refusal, Verdict
+from gateway.call.step import BadRequest, Call, Metadata, Refusal, Verdict, Wait
 
 log = logging.getLogger("gateway.chain")
 
@@ -161,40 +163,73 @@ class MethodChain:
         return tuple(check.name for check in self._checks)
 
     def decide(self, call: Call) -> Verdict:
-        """Run every check inline, in order, until one refuses. Only when not ``waits``."""
+        """Run every check inline, in order, until one refuses. Only when not ``waits``.
+
+        Raises:
+            Deferred: a check answered :class:`~gateway.call.step.Wait`; the door finishes the
+                call's chain on the event loop with ``await deferred.rest``.
+        """
         for check in self._checks:
             try:
-                verdict: Verdict = check.check(call)
+                verdict: Verdict | Wait = check.check(call)
             except BadRequest as error:
                 return Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             except Exception:
                 return _refused_for_failure(check)
+            if verdict is not None:
+                if isinstance(verdict, Wait):
+                    raise Deferred(self._resume(call, check, verdict))
+                return verdict
+        return None
+
+    async def decide_waiting(self, call: Call, start: int = 0) -> Verdict:
+        """Run every check from ``start`` in order until one refuses, awaiting those that wait (on
+        the event loop)."""
+        for check in self._checks[start:]:
+            try:
+                answer = check.check(call)  # a coroutine, if the check waits
+            except BadRequest as error:
+                return Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            except Exception:
+                return _refused_for_failure(check)
+            if check.waits:
+                verdict: Verdict = await self._awaited(check, answer)
+            elif isinstance(answer, Wait):
+                verdict = await self._awaited(check, answer.answer)
+            else:
+                verdict = answer
             if verdict is not None:
                 return verdict
         return None
 
-    async def decide_waiting(self, call: Call) -> Verdict:
-        """Run every check in order until one refuses, awaiting those that wait (on the event loop)."""
-        for check in self._checks:
-            try:
-                if not check.waits:
-                    verdict: Verdict = check.check(call)
-                elif check.timeout is None:
-                    verdict = await check.check(call)
-                else:
-                    async with asyncio.timeout(check.timeout):
-                        verdict = await check.check(call)
-            except BadRequest as error:
-                return Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            except TimeoutError:
-                return Refusal(
-                    grpc.StatusCode.UNAVAILABLE, f"step {check.name} did not answer within {check.timeout} s"
-                )
-            except Exception:
-                return _refused_for_failure(check)
-            if verdict is not None:
-                return verdict
-        return None
+    async def _awaited(self, check: _Check, answer: Awaitable[Verdict]) -> Verdict:
+        try:
+            if check.timeout is None:
+                return await answer
+            async with asyncio.timeout(check.timeout):
+                return await answer
+        except BadRequest as error:
+            return Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except TimeoutError:
+            return Refusal(
+                grpc.StatusCode.UNAVAILABLE, f"step {check.name} did not answer within {check.timeout} s"
+            )
+        except Exception:
+            return _refused_for_failure(check)
+
+    async def _resume(self, call: Call, check: _Check, wait: Wait) -> Verdict:
+        verdict = await self._awaited(check, wait.answer)
+        if verdict is not None:
+            return verdict
+        return await self.decide_waiting(call, self._checks.index(check) + 1)
+
+
+class Deferred(Exception):
+    """Raised by :meth:`MethodChain.decide`: the call's chain must finish on the event loop."""
+
+    def __init__(self, rest: Coroutine[Any, Any, Verdict]) -> None:
+        super().__init__("the chain waits")
+        self.rest = rest
 
 
 class Chain:

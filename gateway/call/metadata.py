@@ -41,11 +41,20 @@ _NOT_FORWARDED = frozenset(
 )
 
 
+# The gateway's own: claims of a verified token (x-jwt-<claim>), which a caller must not forge.
+_NOT_FORWARDED_PREFIXES = (":", "x-jwt-")
+
+
 def forwarded(call: Call) -> Metadata:
     """The caller's metadata as the upstream should see it, with what the chain added."""
     kept = tuple(
-        (key, value) for key, value in call.metadata if key not in _NOT_FORWARDED and not key.startswith(":")
+        (key, value)
+        for key, value in call.metadata
+        if key not in _NOT_FORWARDED and not key.startswith(_NOT_FORWARDED_PREFIXES)
     )
+    withheld = call.withheld  # the token that authenticated the call, unless it is to be forwarded
+    if withheld:
+        kept = tuple((key, value) for key, value in kept if key not in withheld)
     return (
         *kept,
         *call.to_upstream,

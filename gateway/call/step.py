@@ -20,7 +20,7 @@ or ``ValueError`` is a config error naming the table.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import grpc
@@ -48,6 +48,7 @@ class Call:
         "_peer",
         "_request_type",
         "auth_failure",
+        "claims",
         "client",
         "door",
         "first",
@@ -63,6 +64,7 @@ class Call:
         "to_upstream",
         "trace",
         "upstream_started",
+        "withheld",
     )
 
     def __init__(
@@ -83,6 +85,10 @@ class Call:
         self.first: bytes | None = None  # the raw (first) request, when a step reads it
         self._message: Message | None = None
         self.client: str | None = None
+        # Set by ``auth`` when a token authenticated the call: its verified claims (read-only), and
+        # the metadata that carried it, which is not forwarded.
+        self.claims: Mapping[str, Any] | None = None
+        self.withheld: tuple[str, ...] = ()
         self.reply_headers: Metadata = ()
         self.to_upstream: Metadata = ()
         # What the observers report at the call's end (metrics, access log).
@@ -155,6 +161,19 @@ class Refusal:
 
 
 Verdict = Refusal | None
+
+
+class Wait:
+    """A plain ``def`` check's answer when, this once, it cannot answer without waiting (a token
+    names a key its issuer has just published): the chain goes on on the event loop, where
+    ``answer`` is awaited as the check's verdict. For the rare case; a check that often waits is
+    written ``async def``.
+    """
+
+    __slots__ = ("answer",)
+
+    def __init__(self, answer: Awaitable[Verdict]) -> None:
+        self.answer = answer
 
 
 class Step(Protocol):

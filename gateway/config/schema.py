@@ -163,6 +163,16 @@ class Route(_Strict):
     retry: RetryPolicy | None = None
     # Reach the upstream over TLS (`tls = {}` trusts the system's CAs); plaintext when absent.
     tls: UpstreamTls | None = None
+    # The credentials the route's calls may authenticate with: "api_key", "jwt" or both; none: every
+    # kind the config has ([[api_keys]], [[auth.jwt]]).
+    auth: tuple[Literal["api_key", "jwt"], ...] | None = Field(default=None, min_length=1)
+
+    @field_validator("auth")
+    @classmethod
+    def _each_kind_once(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("a kind of credential is listed twice")
+        return value
 
     @field_validator("service")
     @classmethod
@@ -204,9 +214,10 @@ class Route(_Strict):
 
 
 class RateKey(_Strict):
-    """What a rule's budget is counted per: the client, the peer, a metadata value or a request field."""
+    """What a rule's budget is counted per: the client, the peer, a metadata value, a request field or
+    a claim of the call's verified token (a dotted path into nested claims)."""
 
-    kind: Literal["client", "peer", "metadata", "field"]
+    kind: Literal["client", "peer", "metadata", "field", "claim"]
     name: str = ""
 
     @classmethod
@@ -214,12 +225,13 @@ class RateKey(_Strict):
         kind, _, name = text.partition(":")
         if kind in ("client", "peer") and not name:
             return cls.model_validate({"kind": kind})
-        if kind in ("metadata", "field") and name:
+        if kind in ("metadata", "field", "claim") and name:
             if kind == "metadata" and name != name.lower():
                 raise ValueError(f"metadata keys are lower case in gRPC: write 'metadata:{name.lower()}'")
             return cls.model_validate({"kind": kind, "name": name})
         raise ValueError(
-            f"{text!r} is not a rate-limit key; use 'client', 'peer', 'metadata:NAME' or 'field:NAME'"
+            f"{text!r} is not a rate-limit key; use 'client', 'peer', 'metadata:NAME', 'field:NAME' "
+            "or 'claim:NAME'"
         )
 
     def __str__(self) -> str:
@@ -307,11 +319,114 @@ class ServerTls(_Strict):
     client_ca: ConfigPath | None = None
 
 
+# What a JWT may be signed with: public-key algorithms with keys from a JWKS, HS256 with a shared secret.
+JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA", "HS256"]
+# A claim's name, or a dotted path into nested claims ("realm_access.roles").
+ClaimPath = Annotated[str, Field(pattern=r"^[^.\s]+(\.[^.\s]+)*$")]
+
+
+class ClaimRule(_Strict):
+    """A claim a token must carry to call ``methods``: ``contains`` a value (a list claim, or a
+    space-separated string such as ``scope``), or ``equals`` one."""
+
+    claim: ClaimPath
+    contains: str | None = None
+    equals: str | int | bool | None = None
+    # Full service names and /package.Service/Method paths it guards; empty: every routed method.
+    methods: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_test(self) -> ClaimRule:
+        if (self.contains is None) == (self.equals is None):
+            raise ValueError("give exactly one of contains or equals")
+        return self
+
+
+class JwtProvider(_Strict):
+    """An issuer of JWTs the gateway accepts, and where its keys come from (see gateway/policy/auth/jwt/)."""
+
+    # The token's iss claim, exactly.
+    issuer: str = Field(min_length=1)
+    # The token's aud claim must name one of these.
+    audiences: tuple[str, ...] = Field(min_length=1)
+    # The JWKS: an http:// or https:// URL, or a file (relative: from the config's folder). None
+    # (and no secret_env): the jwks_uri of the issuer's OpenID Connect discovery document.
+    jwks: str | None = None
+    # HS256 only: the environment variable that holds the shared secret (never the secret itself).
+    secret_env: str | None = Field(default=None, min_length=1)
+    # Default: RS256, or HS256 with secret_env.
+    algorithms: tuple[JwtAlgorithm, ...] = ()
+    # Seconds of difference allowed between the issuer's clock and the gateway's (exp, nbf, iat).
+    clock_skew: float = Field(default=30.0, ge=0, le=600)
+    # The metadata the token comes in: "authorization" holds "Bearer <token>"; any other key the token.
+    token_from: str = Field(default="authorization", pattern=r"^[0-9a-z_.\-]+$")
+    # The claim that names the client (x-client-id upstream, rate-limit key "client").
+    client_claim: ClaimPath = "sub"
+    # Claims sent upstream as x-jwt-<name> metadata ("email", "realm_access.roles").
+    forward_claims: tuple[ClaimPath, ...] = ()
+    # Send the token itself upstream too (by default it is not forwarded).
+    forward_token: bool = False
+    allow: tuple[ClaimRule, ...] = ()
+    # Seconds between JWKS refreshes, unless the JWKS answer's Cache-Control max-age says otherwise.
+    jwks_refresh: float = Field(default=300.0, gt=0, le=86400)
+    # Seconds between two fetches at least, whatever asks for them (tokens naming an unknown kid).
+    jwks_min_refetch: float = Field(default=10.0, gt=0, le=3600)
+    # Seconds one fetch may take.
+    jwks_timeout: float = Field(default=5.0, gt=0, le=60)
+    # Seconds the last good keys are used while fetches fail; then tokens are refused UNAVAILABLE.
+    stale_after: float = Field(default=86400.0, gt=0)
+    # A file the last good JWKS is kept in, used at start when the issuer cannot be reached.
+    jwks_cache: ConfigPath | None = None
+
+    @field_validator("jwks")
+    @classmethod
+    def _jwks_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or value.startswith(("http://", "https://")):
+            return value
+        if "://" in value:
+            raise ValueError(f"{value!r} is neither an http:// or https:// URL nor a file")
+        return str(_config_relative(Path(value), info))
+
+    @model_validator(mode="after")
+    def _keys_fit_algorithms(self) -> JwtProvider:
+        if self.secret_env is not None:
+            if self.jwks is not None:
+                raise ValueError("give jwks (public keys) or secret_env (an HS256 secret), not both")
+            if self.algorithms not in ((), ("HS256",)):
+                raise ValueError("a secret_env provider signs with HS256 only: algorithms = ['HS256']")
+            object.__setattr__(self, "algorithms", ("HS256",))
+            return self
+        if "HS256" in self.algorithms:
+            raise ValueError(
+                "HS256 needs a shared secret (secret_env), and then no other algorithm; "
+                "a JWKS holds public keys"
+            )
+        if not self.algorithms:
+            object.__setattr__(self, "algorithms", ("RS256",))
+        if self.jwks is None and not self.issuer.startswith(("http://", "https://")):
+            raise ValueError(
+                "no jwks: give its URL or file, or an http(s) issuer whose OpenID Connect discovery "
+                "document names it"
+            )
+        return self
+
+
 class Auth(_Strict):
     # After this many invalid keys from one address within failure_window seconds, every further call
     # from that address is refused without a key check until the window ends. 0 turns this off.
     max_failures: int = Field(default=20, ge=0)
     failure_window: float = Field(default=60.0, gt=0, le=86400)
+    # Issuers of JWTs the gateway accepts beside API keys ([[auth.jwt]]).
+    jwt: tuple[JwtProvider, ...] = ()
+
+    @field_validator("jwt")
+    @classmethod
+    def _one_provider_per_issuer(cls, providers: tuple[JwtProvider, ...]) -> tuple[JwtProvider, ...]:
+        issuers = [provider.issuer for provider in providers]
+        for issuer in issuers:
+            if issuers.count(issuer) > 1:
+                raise ValueError(f"issuer {issuer!r} has two providers; give each issuer one")
+        return providers
 
 
 class Limits(_Strict):
@@ -528,7 +643,8 @@ class GatewayConfig(_Strict):
     health_check_interval: float = Field(default=2.0, gt=0)
     # Seconds that in-flight calls get to finish on SIGTERM or SIGINT.
     shutdown_grace: float = Field(default=10.0, ge=0)
-    api_keys: tuple[ApiKey, ...] = Field(min_length=1)
+    # At least one key, unless [[auth.jwt]] providers authenticate the calls (checked with the plan).
+    api_keys: tuple[ApiKey, ...] = ()
     routes: tuple[Route, ...] = Field(min_length=1)
     rate_limit: RateLimit = RateLimit()
     reflection: Reflection = Reflection()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -41,7 +41,25 @@ DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 STORE_MODES = ("shared", "local", "open", "closed")
 
 # What auth failures are counted by; bound up front so that each series reads 0 before its first failure.
-AUTH_FAILURE_REASONS = ("missing_key", "invalid_key", "several_keys", "not_allowed", "locked_out")
+AUTH_FAILURE_REASONS = (
+    "missing_key",
+    "invalid_key",
+    "several_keys",
+    "not_allowed",
+    "locked_out",
+    # [[auth.jwt]] (gateway/policy/auth/jwt/): no credential at all, a token that is not good, and
+    # a good one refused (PERMISSION_DENIED by an allow rule; UNAVAILABLE without keys to check it).
+    "missing_token",
+    "missing_credentials",
+    "invalid_token",
+    "token_expired",
+    "token_not_yet_valid",
+    "token_audience",
+    "token_issuer",
+    "unknown_key_id",
+    "token_claims",
+    "keys_unavailable",
+)
 
 
 class MethodMetrics:
@@ -160,6 +178,30 @@ class GatewayMetrics:
             ["service", "upstream"],
             registry=self.registry,
         )
+        self._jwks_fetches = Counter(
+            f"{PREFIX}_jwks_fetches",
+            "Fetches of a JWT issuer's keys (its JWKS), by issuer and outcome: ok or failed.",
+            ["issuer", "outcome"],
+            registry=self.registry,
+        )
+        self._jwks_keys = Gauge(
+            f"{PREFIX}_jwks_keys",
+            "Keys of a JWT issuer in use.",
+            ["issuer"],
+            registry=self.registry,
+        )
+        self._jwks_failing = Gauge(
+            f"{PREFIX}_jwks_fetch_failing",
+            "1 while the last fetch of a JWT issuer's keys failed (the last good keys stay in use).",
+            ["issuer"],
+            registry=self.registry,
+        )
+        self._jwks_age = Gauge(
+            f"{PREFIX}_jwks_age_seconds",
+            "Seconds since the keys in use of a JWT issuer were fetched (stale_after bounds it).",
+            ["issuer"],
+            registry=self.registry,
+        )
         self._spans_dropped = Counter(
             f"{PREFIX}_trace_spans_dropped",
             "Spans the trace collector did not take (down, slow or refusing): dropped, never retried.",
@@ -197,6 +239,16 @@ class GatewayMetrics:
 
     def upstream_health(self, service: str, upstream: str, serving: bool) -> None:
         self._upstream_healthy.labels(service, upstream).set(1 if serving else 0)
+
+    def jwks_fetched(self, issuer: str, ok: bool, keys: int) -> None:
+        """A fetch of ``issuer``'s keys ended (on its key set's thread)."""
+        self._jwks_fetches.labels(issuer, "ok" if ok else "failed").inc()
+        self._jwks_keys.labels(issuer).set(keys)
+        self._jwks_failing.labels(issuer).set(0 if ok else 1)
+
+    def jwks_age(self, issuer: str, age: Callable[[], float]) -> None:
+        """Read ``issuer``'s keys' age from ``age`` at each scrape."""
+        self._jwks_age.labels(issuer).set_function(age)
 
 
 def _bound(series: dict[str, Counter], family: Counter, label: str) -> Counter:

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 import grpc
 from google.protobuf.descriptor_pool import DescriptorPool
 
-from gateway.call.chain import Chain, MethodChain
+from gateway.call.chain import Chain, Deferred, MethodChain
 from gateway.call.replies import reply_headers, unavailable_message, upstream_timeout
 from gateway.call.requestid import HEADER as REQUEST_ID_HEADER
 from gateway.call.requestid import request_id_of
@@ -49,7 +49,14 @@ _HTTP_ONLY = frozenset({"content-length", "accept", "accept-encoding", "expect",
 _METADATA_KEY = re.compile(r"[0-9a-z_.\-]+\Z")
 _TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])\Z")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-_REPLY_HEADERS = ("retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
+# www-authenticate: a token refusal's challenge (RFC 6750), a trailer on the gRPC door.
+_REPLY_HEADERS = (
+    "retry-after",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "www-authenticate",
+)
 
 
 class _Refused(Exception):
@@ -291,7 +298,10 @@ class _Exchange:
             return
         self.facts.first = requests[0] if requests else None
         chain = self.chain
-        verdict = chain.decide(self.facts) if not chain.waits else await chain.decide_waiting(self.facts)
+        try:
+            verdict = chain.decide(self.facts) if not chain.waits else await chain.decide_waiting(self.facts)
+        except Deferred as deferred:  # a check must wait this once
+            verdict = await deferred.rest
         if verdict is not None:
             await self._refuse(verdict)
             return

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from gateway.call.chain import MethodChain
+from gateway.call.chain import Deferred, MethodChain
 from gateway.call.replies import refusal_headers
 from gateway.call.requestid import request_id_of
 from gateway.call.step import Call
@@ -51,7 +51,10 @@ class Admission:
             request = _prepend(facts.first, iterator)
         elif not self._requests_stream:
             facts.first = request
-        verdict = chain.decide(facts) if not chain.waits else await chain.decide_waiting(facts)
+        try:
+            verdict = chain.decide(facts) if not chain.waits else await chain.decide_waiting(facts)
+        except Deferred as deferred:  # a check must wait this once
+            verdict = await deferred.rest
         if verdict is not None:
             await context.send_initial_metadata(refusal_headers(facts))
             await context.abort(verdict.code, verdict.message, verdict.trailers)

@@ -16,6 +16,7 @@ import grpc
 from grpc._common import STATUS_CODE_TO_CYGRPC_STATUS_CODE
 from grpc._cython import cygrpc
 
+from gateway.call.chain import Deferred
 from gateway.call.replies import (
     OUT_OF_TIME,
     incomplete_request,
@@ -98,9 +99,16 @@ class CoreCall:
     def _decide(self) -> None:
         chain = self._chain
         if not chain.waits:
-            self._decided(chain.decide(self.facts))
-            return
-        future = asyncio.run_coroutine_threadsafe(chain.decide_waiting(self.facts), self._carrying.loop)
+            try:
+                verdict = chain.decide(self.facts)
+            except Deferred as deferred:  # a check must wait this once: the rest on the loop
+                waiting = deferred.rest
+            else:
+                self._decided(verdict)
+                return
+        else:
+            waiting = chain.decide_waiting(self.facts)
+        future = asyncio.run_coroutine_threadsafe(waiting, self._carrying.loop)
         future.add_done_callback(self._decided_later)
 
     def _decided_later(self, done: Any) -> None:

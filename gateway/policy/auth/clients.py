@@ -57,24 +57,33 @@ def _digest(api_key: ApiKey, field: str, environ: Mapping[str, str]) -> bytes:
     return key_digest(secret)
 
 
+def named_methods(entries: Iterable[str], field: str, routes: RouteTable) -> set[str]:
+    """The method paths that ``entries`` (full service names, /package.Service/Method paths) name.
+
+    Raises:
+        ConfigError: ``field[N]`` names nothing routed.
+    """
+    named: set[str] = set()
+    for index, entry in enumerate(entries):
+        if entry in routes.upstream_of:
+            named.update(path for path in routes.methods if path.startswith(f"/{entry}/"))
+        elif entry in routes.methods:
+            named.add(entry)
+        else:
+            hint = " (a method is written /package.Service/Method)" if "/" in entry.strip("/") else ""
+            raise ConfigError(
+                f"{field}[{index}]: {entry!r} is neither a routed service nor a method of one{hint}; "
+                f"routed services: {', '.join(sorted(routes.upstream_of))}"
+            )
+    return named
+
+
 def _allowed_methods(
     api_key: ApiKey, field: str, routes: RouteTable, always: Iterable[str]
 ) -> frozenset[str] | None:
     if not api_key.allow:
         return None
-    allowed = set(always)
-    for index, entry in enumerate(api_key.allow):
-        if entry in routes.upstream_of:
-            allowed.update(path for path in routes.methods if path.startswith(f"/{entry}/"))
-        elif entry in routes.methods:
-            allowed.add(entry)
-        else:
-            hint = " (a method is written /package.Service/Method)" if "/" in entry.strip("/") else ""
-            raise ConfigError(
-                f"{field}.allow[{index}]: {entry!r} is neither a routed service nor a method of one{hint}; "
-                f"routed services: {', '.join(sorted(routes.upstream_of))}"
-            )
-    return frozenset(allowed)
+    return frozenset({*always, *named_methods(api_key.allow, f"{field}.allow", routes)})
 
 
 def load_clients(

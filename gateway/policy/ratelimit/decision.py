@@ -25,6 +25,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from gateway.call.metadata import API_KEY_HEADER
 from gateway.call.peers import peer_address
 from gateway.call.step import Call, Metadata, Refusal
+from gateway.policy.auth.jwt.claims import as_text, claim_at
 from gateway.policy.ratelimit.remote import StoreUnavailable
 from gateway.policy.ratelimit.rules import MethodRule, RateLimitPolicy, Subject, Verdict, describe_rate
 from gateway.routing.table import RouteTable
@@ -39,6 +40,11 @@ def _subject(method_rule: MethodRule, call: Call, message: Message | None, clien
         for name, value in call.metadata:
             if name == key.name and name != API_KEY_HEADER:
                 return Subject(f"{name}={value!s}", f"{name} {value!s}")
+    if key.kind == "claim" and call.claims is not None:
+        claim = claim_at(call.claims, key.name)
+        if claim is not None:
+            text = as_text(claim)
+            return Subject(f"claim:{key.name}={text}", f"{key.name} {text}")
     field = method_rule.field
     if field is not None and message is not None:
         value = getattr(message, field.name)

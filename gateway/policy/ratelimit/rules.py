@@ -157,8 +157,13 @@ class RateLimitPolicy:
     """Which rules cover which method, and the storage their budgets live in."""
 
     def __init__(
-        self, config: RateLimit, routes: RouteTable, clients: Iterable[str], store: Store | None = None
+        self,
+        config: RateLimit,
+        routes: RouteTable,
+        clients: Iterable[str] | None,
+        store: Store | None = None,
     ) -> None:
+        """``clients``: the client names an override may name (None: any, as tokens name clients)."""
         # A reload passes the store on, so budgets already spent stay spent.
         self.store = store if store is not None else open_storage(config.storage)
         self.timeout = config.storage_timeout
@@ -166,7 +171,7 @@ class RateLimitPolicy:
         self.fail_open = config.on_storage_error == "allow"
         self.storage_uri = config.storage
         share = config.replicas if config.on_storage_error == "local" and self.store.waits else 1
-        known_clients = set(clients)
+        known_clients = set(clients) if clients is not None else None
         self._rules_of: dict[str, tuple[MethodRule, ...]] = {path: () for path in routes.methods}
         for index, rule in enumerate(config.rules):
             compiled = _compile(rule, index, self.store.memory, known_clients, share)
@@ -273,10 +278,10 @@ async def _spend_remote(
     return verdicts
 
 
-def _compile(rule: Rule, index: int, storage: Any, clients: set[str], share: int) -> CompiledRule:
+def _compile(rule: Rule, index: int, storage: Any, clients: set[str] | None, share: int) -> CompiledRule:
     overrides = {}
     for client, rate in rule.overrides.items():
-        if client not in clients:
+        if clients is not None and client not in clients:
             raise ConfigError(
                 f"rate_limit.rules[{index}].overrides: no API key has client name {client!r} "
                 f"(known: {', '.join(sorted(clients))})"
