@@ -40,7 +40,7 @@ class Gateway:
         self._engine = engine_named(plan.config.engine)(plan, self._own, reuse_port)
         self._http = None
         if plan.config.http.listen is not None:
-            self._http = HttpListener(plan, reuse_port, self._engine.unary_upstream)
+            self._http = HttpListener(plan, reuse_port)
         self._monitor, self._upstreams = self._health_monitor(plan)
         self._monitoring: asyncio.Task[None] | None = None
         self._retired = Retired()

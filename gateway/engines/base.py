@@ -13,7 +13,6 @@ import inspect
 from collections.abc import Callable
 from typing import Protocol
 
-from gateway.call.upstream import UnaryUpstream
 from gateway.ops.own_services import OwnServices
 from gateway.plan import Plan
 
@@ -46,10 +45,6 @@ class Engine(Protocol):
     (``--workers``), inside the running event loop."""
 
     port: int  # the port it listens on, once started
-
-    @property
-    def unary_upstream(self) -> UnaryUpstream:
-        """Unary calls to upstreams for the other doors, on this engine's channels."""
 
     def __init__(self, plan: Plan, own: OwnServices, reuse_port: bool) -> None: ...
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
-import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -27,28 +25,19 @@ from gateway.call.replies import reply_headers, unavailable_message, upstream_ti
 from gateway.call.requestid import HEADER as REQUEST_ID_HEADER
 from gateway.call.requestid import request_id_of
 from gateway.call.step import Call, Metadata, Refusal
-from gateway.call.upstream import UnaryReply, UnaryUpstream
 from gateway.doors.http.docs import asset, is_docs
+from gateway.doors.http.request import Receive, Refused, Scope, Send, peer_of, read_body, request_metadata
 from gateway.doors.http.status import HTTP_STATUS, status_json
 from gateway.doors.http.transcode import BadRequest, parse_json, reply_json, request_message
+from gateway.doors.http.upstream import AioUnaryCalls, UnaryReply, failed
 from gateway.routing.health import Upstreams
 from gateway.routing.http.bindings import Binding, HttpRoutes, Match
 from gateway.routing.table import MethodRoute
 from gateway.routing.threaded import ThreadedStreamCall
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
 JSON = b"application/json"
 NDJSON = b"application/x-ndjson"
 EVENT_STREAM = b"text/event-stream"
-# Headers that describe this HTTP hop, not the call: never metadata.
-_HTTP_ONLY = frozenset({"content-length", "accept", "accept-encoding", "expect", "grpc-timeout"})
-# gRPC metadata keys: what grpc's client accepts (anything else would fail the call inside grpc).
-_METADATA_KEY = re.compile(r"[0-9a-z_.\-]+\Z")
-_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])\Z")
-_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # www-authenticate: a token refusal's challenge (RFC 6750), a trailer on the gRPC door.
 _REPLY_HEADERS = (
     "retry-after",
@@ -59,28 +48,12 @@ _REPLY_HEADERS = (
 )
 
 
-class _Refused(Exception):
-    """The request ends here with ``status``: the door's own 4xx, before the chain."""
-
-    def __init__(
-        self,
-        http_status: int,
-        code: grpc.StatusCode,
-        message: str,
-        headers: Iterable[tuple[bytes, bytes]] = (),
-    ) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-        self.code = code
-        self.headers = tuple(headers)
-
-
 @dataclass(frozen=True)
 class DoorPlan:
     """What one configuration gives the door: its routes, the chain, channels, JSON settings, limits."""
 
     routes: HttpRoutes
-    unary: UnaryUpstream  # the engine's: unary calls cost what they cost on the gRPC door
+    unary: AioUnaryCalls
     chain: Chain
     upstreams: Upstreams
     pool: DescriptorPool
@@ -112,76 +85,6 @@ class DoorPlan:
         await self.upstreams.close()
         for opened in self._blocking:
             await opened.close()
-
-
-def _peer(scope: Scope) -> Callable[[], str]:
-    client = scope.get("client")
-
-    def peer() -> str:
-        if not client:
-            return "unknown"
-        host, port = client
-        return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
-
-    return peer
-
-
-def _metadata(headers: Iterable[tuple[bytes, bytes]], limit: int) -> tuple[Metadata, float | None]:
-    """Request headers as gRPC metadata (by the gRPC door's rules once the chain is done), and the
-    ``grpc-timeout`` header's seconds."""
-    size = 0
-    metadata: list[tuple[str, str | bytes]] = []
-    timeout = None
-    for raw_name, raw_value in headers:
-        size += len(raw_name) + len(raw_value)
-        name = raw_name.decode("latin-1")
-        if name == "grpc-timeout":
-            timeout = _grpc_timeout(raw_value.decode("latin-1"))
-        if name in _HTTP_ONLY or not _METADATA_KEY.match(name):
-            continue
-        if name.endswith("-bin"):
-            try:
-                metadata.append(
-                    (name, base64.b64decode(raw_value + b"=" * (-len(raw_value) % 4), validate=False))
-                )
-            except (binascii.Error, ValueError):
-                raise _Refused(
-                    400, grpc.StatusCode.INVALID_ARGUMENT, f"header {name} is not base64"
-                ) from None
-        else:
-            metadata.append((name, raw_value.decode("latin-1")))
-    if size > limit:
-        raise _Refused(
-            431, grpc.StatusCode.RESOURCE_EXHAUSTED, f"the request's headers are over {limit} bytes"
-        )
-    return tuple(metadata), timeout
-
-
-def _grpc_timeout(text: str) -> float:
-    found = _TIMEOUT.match(text)
-    if found is None:
-        raise _Refused(
-            400,
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"grpc-timeout {text!r} is not a gRPC timeout such as 5S or 500m",
-        )
-    return int(found.group(1)) * _TIMEOUT_UNITS[found.group(2)]
-
-
-async def _body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Refused(499, grpc.StatusCode.CANCELLED, "the client went away")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _Refused(413, grpc.StatusCode.RESOURCE_EXHAUSTED, f"the request body is over {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _metadata_headers(metadata: Metadata | None) -> list[tuple[bytes, bytes]]:
@@ -220,21 +123,21 @@ class HttpDoor:
             return
         request_id = ""
         try:
-            metadata, timeout = _metadata(scope["headers"], plan.max_header_bytes)
+            metadata, timeout = request_metadata(scope["headers"], plan.max_header_bytes)
             request_id = request_id_of(metadata)
             matched = plan.routes.match(verb, path)
             if not isinstance(matched, Match):
                 if matched.allowed:
                     allowed = ", ".join(matched.allowed)
-                    raise _Refused(
+                    raise Refused(
                         405,
                         grpc.StatusCode.UNIMPLEMENTED,
                         f"{verb} is not allowed on {path}; use {allowed}",
                         [(b"allow", allowed.encode())],
                     )
-                raise _Refused(404, grpc.StatusCode.NOT_FOUND, f"no route for {verb} {path[:200]}")
-            body = await _body(receive, plan.max_body_bytes)
-        except _Refused as refused:
+                raise Refused(404, grpc.StatusCode.NOT_FOUND, f"no route for {verb} {path[:200]}")
+            body = await read_body(receive, plan.max_body_bytes)
+        except Refused as refused:
             # Counted and logged as a call no route takes, as the gRPC door counts them.
             observer = plan.chain.unrouted.observer
             started = observer.start()
@@ -248,7 +151,7 @@ class HttpDoor:
                 plan.pool,
                 refused.headers,
             )
-            facts = Call("http", path[:200], (), _peer(scope), request_id or request_id_of(()))
+            facts = Call("http", path[:200], (), peer_of(scope), request_id or request_id_of(()))
             observer.ended(facts, refused.code, started)
             return
         await _Exchange(plan, matched, scope, metadata, request_id, timeout, body, send, receive).run()
@@ -279,7 +182,7 @@ class _Exchange:
         self.timeout = timeout
         route = self.binding.route
         self.chain: MethodChain = plan.chain.of(route.path)
-        self.facts = Call("http", route.path, metadata, _peer(scope), request_id, route.request_type)
+        self.facts = Call("http", route.path, metadata, peer_of(scope), request_id, route.request_type)
         self.code = grpc.StatusCode.OK
 
     async def run(self) -> None:
@@ -363,7 +266,7 @@ class _Exchange:
         try:
             reply: bytes = await call
         except grpc.aio.AioRpcError as error:
-            await self._answer(_failed(error))
+            await self._answer(failed(error))
             return
         initial = tuple(await call.initial_metadata() or ())
         trailers = tuple(await call.trailing_metadata() or ())
@@ -405,7 +308,7 @@ class _Exchange:
                 await self.send({"type": "http.response.start", "status": 200, "headers": headers})
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
         except grpc.aio.AioRpcError as error:
-            await self._upstream_failed(_failed(error), started=started, events=events)
+            await self._upstream_failed(failed(error), started=started, events=events)
 
     async def _upstream_failed(self, answer: UnaryReply, started: bool, events: bool = False) -> None:
         route = self.binding.route
@@ -449,13 +352,6 @@ class _Exchange:
 
     async def _fail(self, code: grpc.StatusCode, message: str, trailers: Metadata) -> None:
         await self._refuse(Refusal(code, message, trailers))
-
-
-def _failed(error: grpc.aio.AioRpcError) -> UnaryReply:
-    initial = tuple(error.initial_metadata() or ())
-    return UnaryReply(
-        error.code(), error.details() or "", None, initial, tuple(error.trailing_metadata() or ())
-    )
 
 
 def _header(scope: Scope, name: bytes) -> bytes:

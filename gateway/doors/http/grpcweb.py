@@ -33,19 +33,10 @@ from gateway.call.chain import MethodChain
 from gateway.call.replies import incomplete_request, reply_headers, unavailable_message, upstream_timeout
 from gateway.call.requestid import request_id_of
 from gateway.call.step import Call, Metadata, Refusal
-from gateway.call.upstream import UnaryReply
-from gateway.doors.http.door import (
-    DoorPlan,
-    HttpDoor,
-    Receive,
-    Scope,
-    Send,
-    _body,
-    _metadata,
-    _peer,
-    _Refused,
-)
+from gateway.doors.http.door import DoorPlan, HttpDoor
+from gateway.doors.http.request import Receive, Refused, Scope, Send, peer_of, read_body, request_metadata
 from gateway.doors.http.status import DETAILS_HEADER
+from gateway.doors.http.upstream import UnaryReply
 from gateway.routing.table import MethodRoute
 
 DOOR = "grpc-web"
@@ -189,7 +180,7 @@ class _WebCall:
         self.chain: MethodChain = plan.chain.of(self.path)
         self.route: MethodRoute | None = self.chain.route
         request_type = None if self.route is None else self.route.request_type
-        self.facts = Call(DOOR, self.path[:200], (), _peer(scope), "", request_type)
+        self.facts = Call(DOOR, self.path[:200], (), peer_of(scope), "", request_type)
         self.code = grpc.StatusCode.OK
         self.finished = False
 
@@ -203,8 +194,8 @@ class _WebCall:
     async def _run(self) -> None:
         plan, facts, route = self.plan, self.facts, self.route
         try:
-            metadata, timeout = _metadata(self.scope["headers"], plan.max_header_bytes)
-        except _Refused as refused:
+            metadata, timeout = request_metadata(self.scope["headers"], plan.max_header_bytes)
+        except Refused as refused:
             facts.request_id = request_id_of(())
             await self._end(Refusal(refused.code, str(refused)))
             return
@@ -216,7 +207,7 @@ class _WebCall:
             return
         try:
             request = await self._request()
-        except _Refused as refused:
+        except Refused as refused:
             await self._end(Refusal(refused.code, str(refused)))
             return
         except BadFrame as error:
@@ -253,10 +244,10 @@ class _WebCall:
         return None
 
     async def _request(self) -> bytes:
-        """The one request message; raises _Refused or BadFrame."""
+        """The one request message; raises Refused or BadFrame."""
         limit = self.plan.max_body_bytes
         frame_limit = limit + _HEADER.size
-        body = await _body(self.receive, frame_limit * 4 // 3 + 64 if self.text_request else frame_limit)
+        body = await read_body(self.receive, frame_limit * 4 // 3 + 64 if self.text_request else frame_limit)
         found = messages(decode_text(body) if self.text_request else body)
         if len(found) != 1:
             if not found:
@@ -265,7 +256,7 @@ class _WebCall:
             name = self.path.rsplit("/", 1)[-1]
             raise BadFrame(f"{name} takes exactly one request message; the body holds {len(found)}")
         if len(found[0]) > limit:
-            raise _Refused(
+            raise Refused(
                 413, grpc.StatusCode.RESOURCE_EXHAUSTED, f"the request message is over {limit} bytes"
             )
         return found[0]

@@ -13,7 +13,6 @@ import ssl
 
 import uvicorn
 
-from gateway.call.upstream import UnaryUpstream
 from gateway.config.schema import ServerTls
 from gateway.doors.http.cors import Cors, CorsPolicy
 from gateway.doors.http.door import DoorPlan, HttpDoor
@@ -25,7 +24,7 @@ from runtime.addresses import parse_host_port
 from runtime.serving import BindError
 
 
-def door_plan(plan: Plan, unary: UnaryUpstream) -> DoorPlan:
+def door_plan(plan: Plan) -> DoorPlan:
     """The door's view of ``plan``; opens channels to the upstreams (inside the running loop)."""
     config = plan.config
     proto_names = config.http.json_names == "proto"
@@ -65,14 +64,12 @@ def _socket(address: str, reuse_port: bool) -> socket.socket:
 class HttpListener:
     """Serves the door on ``address`` until stopped; ``swap`` takes a new plan."""
 
-    def __init__(self, plan: Plan, reuse_port: bool, unary: UnaryUpstream) -> None:
-        """``unary``: the engine's unary calls upstream (streams go on the door's own channels)."""
+    def __init__(self, plan: Plan, reuse_port: bool) -> None:
         config = plan.config
         address = config.http.listen
         if address is None:
             raise RuntimeError("HttpListener needs [http] listen")
-        self._unary = unary
-        self.door = HttpDoor(door_plan(plan, unary))
+        self.door = HttpDoor(door_plan(plan))
         # CORS in front of everything; gRPC-Web calls taken before the JSON routes.
         self._app = Cors(GrpcWebDoor(self.door), CorsPolicy.of(config.http.cors))
         self._socket = _socket(address, reuse_port)
@@ -110,7 +107,7 @@ class HttpListener:
 
     def swap(self, plan: Plan) -> DoorPlan:
         """Serve new requests by ``plan``; the previous door plan is returned, to close later."""
-        previous, self.door.plan = self.door.plan, door_plan(plan, self._unary)
+        previous, self.door.plan = self.door.plan, door_plan(plan)
         self._app.policy = CorsPolicy.of(plan.config.http.cors)
         return previous
 

@@ -8,14 +8,33 @@ loop, about 470 µs. So the HTTP doors call upstreams on their own grpc.aio chan
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from gateway.call.step import Metadata
-from gateway.call.upstream import UnaryReply
 from gateway.routing.health import Upstreams
 from gateway.routing.table import MethodRoute
+
+
+@dataclass(frozen=True)
+class UnaryReply:
+    """What the upstream answered: its status, its reply (None unless OK), its metadata."""
+
+    code: grpc.StatusCode
+    details: str
+    reply: bytes | None
+    initial: Metadata
+    trailers: Metadata
+
+
+def failed(error: grpc.aio.AioRpcError) -> UnaryReply:
+    """A failed call's answer."""
+    initial = tuple(error.initial_metadata() or ())
+    return UnaryReply(
+        error.code(), error.details() or "", None, initial, tuple(error.trailing_metadata() or ())
+    )
 
 
 class AioUnaryCalls:
@@ -37,13 +56,7 @@ class AioUnaryCalls:
         try:
             reply: bytes = await call
         except grpc.aio.AioRpcError as error:
-            return UnaryReply(
-                error.code(),
-                error.details() or "",
-                None,
-                tuple(error.initial_metadata() or ()),
-                tuple(error.trailing_metadata() or ()),
-            )
+            return failed(error)
         finally:
             if not call.done():
                 call.cancel()

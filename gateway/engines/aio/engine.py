@@ -8,55 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import grpc
 
-from gateway.call.step import Metadata
-from gateway.call.upstream import UnaryReply
 from gateway.engines.aio.switchboard import HandlerTable, Switchboard
 from gateway.engines.base import TICK_SECONDS, Retired
 from gateway.ops.own_services import OwnServices
 from gateway.plan import Plan
-from gateway.routing.table import MethodRoute
 from runtime.serving import listen
-
-
-class AioUnaryUpstream:
-    """Unary calls for other doors, on the current handler table's grpc.aio channels."""
-
-    def __init__(self, switchboard: Switchboard) -> None:
-        self._switchboard = switchboard
-        self._callers: dict[tuple[int, str], Any] = {}
-
-    async def unary(
-        self, route: MethodRoute, metadata: Metadata, request: bytes, seconds: float | None
-    ) -> UnaryReply:
-        upstreams = self._switchboard.table.upstreams
-        key = (id(upstreams), route.path)
-        caller = self._callers.get(key)
-        if caller is None:
-            if len(self._callers) > 4096:  # the callers of earlier tables
-                self._callers.clear()
-            channel = upstreams.channel(route.upstream)
-            caller = channel.unary_unary(route.path, request_serializer=None, response_deserializer=None)
-            self._callers[key] = caller
-        call = caller(request, metadata=metadata, timeout=seconds)
-        try:
-            reply: bytes = await call
-        except grpc.aio.AioRpcError as error:
-            return UnaryReply(
-                error.code(),
-                error.details() or "",
-                None,
-                tuple(error.initial_metadata() or ()),
-                tuple(error.trailing_metadata() or ()),
-            )
-        finally:
-            if not call.done():
-                call.cancel()
-        initial = tuple(await call.initial_metadata() or ())
-        return UnaryReply(grpc.StatusCode.OK, "", reply, initial, tuple(await call.trailing_metadata() or ()))
 
 
 class AioEngine:
@@ -66,7 +25,6 @@ class AioEngine:
         self.plan = plan
         self.port = 0
         self._switchboard = Switchboard(HandlerTable(plan, plan.open_upstreams()))
-        self.unary_upstream = AioUnaryUpstream(self._switchboard)
         # Off unless asked (--workers): a second gateway could otherwise bind the port unnoticed.
         options = [("grpc.so_reuseport", int(reuse_port)), *plan.server_options]
         self._server = grpc.aio.server(interceptors=[self._switchboard], options=options)

@@ -18,66 +18,16 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-import time
-from typing import Any
 
 import grpc
-from grpc._cython import cygrpc
 
-from gateway.call.step import Metadata
-from gateway.call.upstream import UnaryReply
 from gateway.engines.base import Retired
 from gateway.engines.core.carrying import Carrying, Method
-from gateway.engines.core.channel import UpstreamChannel, open_channels, status_code, unary_operations
+from gateway.engines.core.channel import UpstreamChannel, open_channels
 from gateway.engines.core.listener import CoreListener
 from gateway.ops.own_services import OwnServices
 from gateway.plan import Plan
-from gateway.routing.table import MethodRoute
 from runtime.serving import BindError
-
-
-class CoreUnaryUpstream:
-    """Unary calls for other doors, on the current plan's cygrpc channels: one batch out and back,
-    the reply handed to the event loop from the channel's thread."""
-
-    def __init__(self, engine: CoreEngine) -> None:
-        self._engine = engine
-
-    def unary(
-        self, route: MethodRoute, metadata: Metadata, request: bytes, seconds: float | None
-    ) -> asyncio.Future[UnaryReply]:
-        listener = self._engine.listener
-        method = listener.carrying.methods[route.path]
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[UnaryReply] = loop.create_future()
-
-        def replied(event: Any) -> None:  # on the channel's thread
-            operations = event.batch_operations
-            status = operations[5]
-            reply = UnaryReply(
-                status_code(status.code()),
-                status.details(),
-                operations[4].message(),
-                operations[3].initial_metadata(),
-                status.trailing_metadata(),
-            )
-            loop.call_soon_threadsafe(_settle, future, reply)
-
-        deadline = None if seconds is None else time.time() + seconds
-        call = method.channel.start(
-            method.path, deadline, metadata, ((unary_operations(metadata, request), replied),)
-        )
-        future.add_done_callback(
-            lambda done: (
-                call.cancel(cygrpc.StatusCode.cancelled, "the caller cancelled") if done.cancelled() else None
-            )
-        )
-        return future
-
-
-def _settle(future: asyncio.Future[UnaryReply], reply: UnaryReply) -> None:
-    if not future.done():
-        future.set_result(reply)
 
 
 class CoreEngine:
@@ -94,7 +44,6 @@ class CoreEngine:
         self._folder = tempfile.mkdtemp(prefix="grpc-gateway-")
         self._local_target = f"unix:{self._folder}/local.sock"
         self._listener: CoreListener | None = None
-        self.unary_upstream = CoreUnaryUpstream(self)
         self._retired = Retired()
 
     def _carrying(self, plan: Plan) -> Carrying:
