@@ -20,7 +20,7 @@ from gateway.call.route import RouteCheck
 from gateway.call.step import step_name
 from gateway.config.schema import ConfigError, GatewayConfig, Limits, StepConfig, load_config
 from gateway.ops.observe import CallObservers, Observability
-from gateway.ops.own_services import OwnMethod, every_own_path, own_methods, public_services
+from gateway.ops.own_services import OwnMethod, every_own_path, keyless_paths, own_methods, public_services
 from gateway.policy.auth.authenticator import ApiKeyAuth, Authenticator
 from gateway.policy.auth.clients import Client, load_clients
 from gateway.policy.auth.credentials import Credentials, credential_kinds
@@ -124,7 +124,7 @@ def chain_steps(
     keys = ApiKeyAuth(Authenticator(clients, public_services(config), lockout))
     built_in = {
         "metadata": MetadataCheck(),
-        "auth": Credentials(keys, tokens, *credential_kinds(config)),
+        "auth": Credentials(keys, tokens, *credential_kinds(config), keyless_paths(config)),
         "route": RouteCheck(routes),
         "rate_limit": RateLimit(policy, routes),
     }

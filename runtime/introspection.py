@@ -73,9 +73,16 @@ def add_reflection(
     ``catalog`` defaults to this project's own services.
     """
     servicer = CatalogReflectionServicer(service_names, catalog or builtin_catalog())
+    add_reflection_behavior(server, servicer.ServerReflectionInfo)
+    return servicer
+
+
+def add_reflection_behavior(server: grpc.aio.Server, behavior: Any) -> None:
+    """Serve ``behavior`` (a ``ServerReflectionInfo``: request iterator and context in, replies out)
+    under both reflection names."""
     handlers = {
         "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
-            servicer.ServerReflectionInfo,
+            behavior,
             request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
             response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
         )
@@ -83,4 +90,3 @@ def add_reflection(
     for name in (reflection.SERVICE_NAME, REFLECTION_V1):
         server.add_registered_method_handlers(name, handlers)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
-    return servicer

@@ -24,7 +24,8 @@ class AioEngine:
     def __init__(self, plan: Plan, own: OwnServices, reuse_port: bool) -> None:
         self.plan = plan
         self.port = 0
-        self._switchboard = Switchboard(HandlerTable(plan, plan.open_upstreams()))
+        self._own = own
+        self._switchboard = Switchboard(HandlerTable(plan, plan.open_upstreams(), own))
         # Off unless asked (--workers): a second gateway could otherwise bind the port unnoticed.
         options = [("grpc.so_reuseport", int(reuse_port)), *plan.server_options]
         self._server = grpc.aio.server(interceptors=[self._switchboard], options=options)
@@ -44,7 +45,7 @@ class AioEngine:
 
     def swap(self, plan: Plan) -> None:
         previous = self._switchboard.table
-        self._switchboard.table = HandlerTable(plan, plan.open_upstreams())
+        self._switchboard.table = HandlerTable(plan, plan.open_upstreams(), self._own)
         self.plan = plan
         self._retired.close_later(plan.config.shutdown_grace + 1, previous.close)
 

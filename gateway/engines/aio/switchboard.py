@@ -17,6 +17,7 @@ from gateway.call.chain import CallObserver, Chain
 from gateway.call.step import Call
 from gateway.engines.aio.admission import Admission, Serve, serving
 from gateway.engines.aio.forwarding import Forwarder
+from gateway.ops.own_services import REFLECTION_PATHS, OwnServices
 from gateway.plan import Plan
 from gateway.routing.health import Upstreams
 from gateway.routing.table import MethodRoute
@@ -45,8 +46,9 @@ async def _never_served(request: Any, context: grpc.aio.ServicerContext, facts: 
 class HandlerTable:
     """The handler of every path under one plan: forwarding, the gateway's own services, or a refusal."""
 
-    def __init__(self, plan: Plan, upstreams: Upstreams) -> None:
+    def __init__(self, plan: Plan, upstreams: Upstreams, own: OwnServices) -> None:
         chain = plan.chain
+        self._own_services = own
         self._chain: Chain = chain
         self.upstreams = upstreams
         routes = plan.routes.methods
@@ -95,6 +97,8 @@ class HandlerTable:
             if registered is None:
                 return None
             serve, requests_stream, replies_stream = serving(registered)
+            if path in REFLECTION_PATHS:  # by the client the chain found, not the caller's metadata
+                serve = self._own_services.serve_reflection
             kind = (
                 ("stream" if requests_stream else "unary") + "_" + ("stream" if replies_stream else "unary")
             )

@@ -17,6 +17,8 @@ from gateway.policy.auth.authenticator import ApiKeyAuth
 from gateway.policy.auth.jwt.step import MethodTokens, TokenAuth
 
 API_KEY, JWT = "api_key", "jwt"
+# The auth failures of a call that sent no credential at all.
+_NOTHING_SENT = frozenset({"missing_key", "missing_token", "missing_credentials"})
 
 
 def credential_kinds(config: GatewayConfig) -> tuple[dict[str, frozenset[str]], frozenset[str]]:
@@ -59,6 +61,23 @@ class KeyOrToken:
         return self._tokens.check(call)
 
 
+class NoCredentialNeeded:
+    """A method a caller may call with no credential at all (reflection, which then describes only
+    the services that need none); a credential that is sent is checked as anywhere else."""
+
+    name = "auth"
+
+    def __init__(self, check: ApiKeyAuth | MethodTokens | KeyOrToken) -> None:
+        self._check = check
+
+    def check(self, call: Call) -> Refusal | Wait | None:
+        verdict = self._check.check(call)
+        if isinstance(verdict, Refusal) and call.auth_failure in _NOTHING_SENT:
+            call.auth_failure = None
+            return None
+        return verdict
+
+
 class Credentials:
     """For each method, the check of the credentials it takes (None for public services)."""
 
@@ -70,15 +89,26 @@ class Credentials:
         tokens: TokenAuth | None,
         kinds: Mapping[str, frozenset[str]],
         every_kind: frozenset[str],
+        keyless: frozenset[str] = frozenset(),
     ) -> None:
         """``kinds``: by routed service, the kinds of credential its route takes; other paths (the
-        gateway's own services, unrouted ones) take ``every_kind`` the config has."""
+        gateway's own services, unrouted ones) take ``every_kind`` the config has. ``keyless``: the
+        paths a call with no credential may call too."""
+        self._keyless = keyless
         self._keys = keys
         self._tokens = tokens
         self._kinds = kinds
         self._every_kind = every_kind
 
-    def for_method(self, path: str | None) -> ApiKeyAuth | MethodTokens | KeyOrToken | None:
+    def for_method(
+        self, path: str | None
+    ) -> ApiKeyAuth | MethodTokens | KeyOrToken | NoCredentialNeeded | None:
+        check = self._for_method(path)
+        if check is not None and path in self._keyless:
+            return NoCredentialNeeded(check)
+        return check
+
+    def _for_method(self, path: str | None) -> ApiKeyAuth | MethodTokens | KeyOrToken | None:
         keys = self._keys.for_method(path)
         if keys is None or self._tokens is None:
             return keys  # a public service; or no tokens configured: keys alone
