@@ -26,7 +26,16 @@ from gateway.call.requestid import HEADER as REQUEST_ID_HEADER
 from gateway.call.requestid import request_id_of
 from gateway.call.step import Call, Metadata, Refusal
 from gateway.doors.http.docs import asset, is_docs
-from gateway.doors.http.request import Receive, Refused, Scope, Send, peer_of, read_body, request_metadata
+from gateway.doors.http.request import (
+    Receive,
+    Refused,
+    Scope,
+    Send,
+    peer_of,
+    read_body,
+    request_metadata,
+    served_unless_gone,
+)
 from gateway.doors.http.status import HTTP_STATUS, status_json
 from gateway.doors.http.transcode import BadRequest, parse_json, reply_json, request_message
 from gateway.doors.http.upstream import AioUnaryCalls, UnaryReply, failed
@@ -222,28 +231,18 @@ class _Exchange:
             call = ThreadedStreamCall(
                 plan.caller(route, blocking=True), requests, timeout, metadata, route.server_streaming
             )
-        # The whole body is read: what comes next is the client leaving, which cancels the call.
-        watcher = asyncio.ensure_future(self._cancel_when_gone(call))
-        try:
-            if route.server_streaming:
-                await self._stream(call)
-            elif route.client_streaming:
-                await self._client_stream(call)
-            else:
-                await self._answer(await call)
-        except asyncio.CancelledError:
-            if self.code != grpc.StatusCode.CANCELLED:
-                raise  # not the client's leaving: the door itself is stopping
-        finally:
-            watcher.cancel()
-            if not call.done():
-                call.cancel()
+        await served_unless_gone(self.receive, call, self._reply(route, call), self._left)
 
-    async def _cancel_when_gone(self, call: Any) -> None:
-        while (await self.receive())["type"] != "http.disconnect":
-            pass
+    async def _reply(self, route: MethodRoute, call: Any) -> None:
+        if route.server_streaming:
+            await self._stream(call)
+        elif route.client_streaming:
+            await self._client_stream(call)
+        else:
+            await self._answer(await call)
+
+    def _left(self) -> None:
         self.code = grpc.StatusCode.CANCELLED
-        call.cancel()
 
     def _requests(self) -> list[bytes]:
         """The request messages, serialized: one, or for client streaming one per body line."""

@@ -34,7 +34,16 @@ from gateway.call.replies import incomplete_request, reply_headers, unavailable_
 from gateway.call.requestid import request_id_of
 from gateway.call.step import Call, Metadata, Refusal
 from gateway.doors.http.door import DoorPlan, HttpDoor
-from gateway.doors.http.request import Receive, Refused, Scope, Send, peer_of, read_body, request_metadata
+from gateway.doors.http.request import (
+    Receive,
+    Refused,
+    Scope,
+    Send,
+    peer_of,
+    read_body,
+    request_metadata,
+    served_unless_gone,
+)
 from gateway.doors.http.status import DETAILS_HEADER
 from gateway.doors.http.upstream import UnaryReply
 from gateway.routing.table import MethodRoute
@@ -270,27 +279,17 @@ class _WebCall:
             call = plan.caller(route)(request, timeout=seconds, metadata=metadata)
         else:
             call = asyncio.ensure_future(plan.unary.unary(route, metadata, request, seconds))
-        # The whole body is read: what comes next is the client leaving, which cancels the call.
-        watcher = asyncio.ensure_future(self._cancel_when_gone(call))
-        try:
-            if route.server_streaming:
-                await self._stream(route, call)
-            else:
-                await self._answer(route, await call)
-        except asyncio.CancelledError:
-            if self.code != grpc.StatusCode.CANCELLED:
-                raise  # not the client's leaving: the door itself is stopping
-        finally:
-            watcher.cancel()
-            if not call.done():
-                call.cancel()
+        await served_unless_gone(self.receive, call, self._reply(route, call), self._left)
 
-    async def _cancel_when_gone(self, call: Any) -> None:
-        while (await self.receive())["type"] != "http.disconnect":
-            pass
+    async def _reply(self, route: MethodRoute, call: Any) -> None:
+        if route.server_streaming:
+            await self._stream(route, call)
+        else:
+            await self._answer(route, await call)
+
+    def _left(self) -> None:
         if not self.finished:
             self.code = grpc.StatusCode.CANCELLED
-            call.cancel()
 
     async def _answer(self, route: MethodRoute, answer: UnaryReply) -> None:
         if answer.code != grpc.StatusCode.OK or answer.reply is None:

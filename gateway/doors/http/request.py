@@ -1,8 +1,10 @@
 """What the HTTP doors read from a request before the chain: headers as gRPC metadata, the deadline,
-the body, the caller's address; and the door's own refusals of a request it cannot take."""
+the body, the caller's address; the door's own refusals of a request it cannot take; and the
+client's leaving, which cancels its call."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import re
@@ -107,3 +109,32 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def served_unless_gone(
+    receive: Receive, call: Any, serving: Awaitable[None], left: Callable[[], None]
+) -> None:
+    """Await ``serving`` (the reply to ``call``, an upstream call); if the client goes away first,
+    ``left()`` and cancel ``call``. The request's body has been read whole, so the next message
+    ``receive`` has is the client leaving. Cancelling for any other reason (the door stopping) is
+    raised."""
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        left()
+        call.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await serving
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+    finally:
+        watcher.cancel()
+        if not call.done():
+            call.cancel()
