@@ -11,8 +11,10 @@ thread is not counted. The calls carry a sampled ``traceparent`` except with ``s
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -67,19 +69,40 @@ def _cpu_per_call(sample_ratio: float | None, calls: int) -> float:
     return cpu
 
 
+@dataclass(frozen=True)
+class ObserveCost:
+    """Medians, CPU µs per call."""
+
+    tracing_off: float
+    sampled: float
+    not_sampled: float
+
+    def lines(self) -> list[str]:
+        return [
+            f"observing a call, metrics on, tracing off          {self.tracing_off:7.2f} µs CPU per call",
+            f"observing a call, tracing on, every call sampled   {self.sampled:7.2f} µs CPU per call",
+            f"observing a call, tracing on, sample_ratio 0       {self.not_sampled:7.2f} µs CPU per call",
+        ]
+
+
+def measure(calls: int = 20_000, rounds: int = 5) -> ObserveCost:
+    # No collector listens, on purpose: its drops are not news here.
+    logging.getLogger("gateway.tracing").setLevel(logging.ERROR)
+    cases = (None, 1.0, 0.0)  # off, every call sampled, none
+    figures: list[list[float]] = [[] for _ in cases]
+    for _ in range(rounds):  # interleaved, medians: the machine is noisy
+        for values, ratio in zip(figures, cases, strict=True):
+            values.append(_cpu_per_call(ratio, calls))
+    off, sampled, not_sampled = (sorted(values)[rounds // 2] for values in figures)
+    return ObserveCost(off, sampled, not_sampled)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.observe_cost", description=__doc__)
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    cases = {"tracing off": None, "tracing on, every call sampled": 1.0, "tracing on, sample_ratio 0": 0.0}
-    figures: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(args.rounds):  # interleaved, medians: the machine is noisy
-        for name, ratio in cases.items():
-            figures[name].append(_cpu_per_call(ratio, args.calls))
-    for name, values in figures.items():
-        values.sort()
-        print(f"observer, metrics on, {name:32s} {values[args.rounds // 2]:6.2f} µs CPU per call")
+    print("\n".join(measure(args.calls, args.rounds).lines()))
 
 
 if __name__ == "__main__":

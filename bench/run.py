@@ -5,8 +5,8 @@ rate limiter and one user step; rate limiter on again but on the aio engine; its
 the last four in the unary scenario only), checks each path with real gRPC calls,
 then drives them with h2load, interleaved over several rounds, and prints medians across rounds:
 req/s, p50 and p99, CPU per call of each server, and the ratios the performance targets are stated
-in; then, in-process, what a JWT costs the call chain (bench/jwt_cost.py). The raw numbers go to
-bench/results/latest.json.
+in; then, in-process, what a JWT costs the call chain (bench/jwt_cost.py) and what observing and
+tracing a call costs (bench/observe_cost.py). The raw numbers go to bench/results/latest.json.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import jwt_cost, report, verify
+from bench import jwt_cost, observe_cost, report, verify
 from bench.loadgen import GrpcTarget, HttpTarget, Load, LoadError, ensure_h2load, h2load_version
 from bench.measure import H2LOAD_CPU, OTHER_CPU, QuietWait, Run, timed_run
 from bench.payloads import MIN_USERS, Call, get_user_call, list_users_call, users, write_data_set
@@ -533,6 +533,9 @@ def _run(settings: Settings, output: Path) -> int:
     _progress("bench: what a JWT costs the chain, in-process (python -m bench.jwt_cost)")
     token_cost = jwt_cost.measure(calls=50_000, first_calls=1_000, rounds=3)
     print("\n" + "\n".join(token_cost.lines()))
+    _progress("bench: what observing and tracing a call costs, in-process (python -m bench.observe_cost)")
+    observing = observe_cost.measure(calls=5_000, rounds=3)
+    print("\n".join(observing.lines()))
     noisy = [run for run in runs if run.other_cpu_share > NOISY_OTHER_CPU]
     if noisy:
         print(
@@ -548,6 +551,7 @@ def _run(settings: Settings, output: Path) -> int:
         "environment": _environment(settings, placement, h2load),
         "summary": report.as_json(runs, report_scenarios),
         "jwt_cost_us_per_call": asdict(token_cost),
+        "observe_cost_us_per_call": asdict(observing),
         "runs": [
             {**asdict(run), "cpu_us_per_call": {name: run.cpu_us_per_call(name) for name in run.cpu_seconds}}
             for run in runs
