@@ -124,6 +124,9 @@ class Tracer:
     """Spans of the gateway's calls, for the observers; one per process."""
 
     def __init__(self, config: TracingConfig, dropped: Callable[[int], None]) -> None:
+        # The exporter logs every failed export (and each retry) itself: _Exporter says it once in
+        # FAILURE_LOG_SECONDS, with the count.
+        logging.getLogger("opentelemetry.exporter.otlp").setLevel(logging.CRITICAL)
         self._provider = TracerProvider(
             resource=Resource.create({"service.name": config.service_name}),
             sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
