@@ -38,7 +38,8 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
-	# The gateway's behaviour once more on its other engine, grpc.aio (the config's engine = "aio").
+	# The gateway's behaviour once more on its other engine, grpc.aio (the config's engine = "aio"),
+	# but for the tests marked engine_neutral (tests/conftest.py).
 	$(BIN)/python -m pytest tests/gateway --gateway-engine aio
 
 lint: install

@@ -1,4 +1,9 @@
-"""The engine of the gateways the tests start: ``--gateway-engine aio`` runs them on grpc.aio."""
+"""The engine of the gateways the tests start: ``--gateway-engine aio`` runs them on grpc.aio.
+
+Tests marked ``engine_neutral`` check what no engine takes part in (config errors, the HTTP doors,
+which call upstreams on their own channels, the chain in-process, the dashboard's queries): with
+``--gateway-engine`` they are left out, having run once already.
+"""
 
 from __future__ import annotations
 
@@ -18,3 +23,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     use_gateway_engine(config.getoption("--gateway-engine"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--gateway-engine") is None:
+        return
+    neutral = [item for item in items if item.get_closest_marker("engine_neutral") is not None]
+    if neutral:
+        config.hook.pytest_deselected(items=neutral)
+        items[:] = [item for item in items if item.get_closest_marker("engine_neutral") is None]

@@ -21,6 +21,9 @@ from gateway.plan import Plan, load_plan
 from gateway.routing.table import RouteTable, build_routes, load_catalog
 from tests.gateway.configs import API_KEY, PER_USER_RULE, USERS, gateway_toml
 
+# The same on either engine (tests/conftest.py).
+pytestmark = pytest.mark.engine_neutral
+
 GET_USER = f"/{USERS}/GetUser"
 LIST_USERS = f"/{USERS}/ListUsers"
 KEY = (("x-api-key", API_KEY),)

@@ -10,6 +10,9 @@ import pytest
 
 from tests.gateway.configs import PER_USER_RULE, USERS, gateway_toml, write_config
 
+# The same on either engine (tests/conftest.py).
+pytestmark = pytest.mark.engine_neutral
+
 GOOD_ROUTES = {USERS: "127.0.0.1:50051"}
 
 CASES = {

@@ -8,11 +8,15 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway.configs import gateway_toml, write_config
 from tests.gateway.conftest import Services
 from tests.gateway.ops_support import KEY, gateway, get_user
+
+# The same on either engine (tests/conftest.py).
+pytestmark = pytest.mark.engine_neutral
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "grpc-gateway.json"
 METRIC = re.compile(r"\b((?:grpc|process)_[a-z_]+)\b")

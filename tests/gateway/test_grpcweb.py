@@ -31,6 +31,9 @@ from tests.gateway.upstream_double import (
 )
 from tests.support.processes import free_port
 
+# The same on either engine (tests/conftest.py).
+pytestmark = pytest.mark.engine_neutral
+
 GET_USER = "/shop.users.v1.UserService/GetUser"
 LIST_USERS = "/shop.users.v1.UserService/ListUsers"
 CORS = """

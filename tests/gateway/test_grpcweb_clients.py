@@ -24,6 +24,9 @@ from tests.gateway.conftest import Services
 from tests.gateway.test_http_door import Doors, http_gateway
 from tests.support.browser import headless_chromium
 
+# The same on either engine (tests/conftest.py).
+pytestmark = pytest.mark.engine_neutral
+
 PROJECT = Path(__file__).resolve().parents[2]
 PAGE = PROJECT / "examples" / "web"
 NODE_CLIENT = Path(__file__).with_name("grpcweb_client.mjs")

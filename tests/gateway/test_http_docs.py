@@ -20,6 +20,9 @@ from tests.gateway.conftest import Services
 from tests.gateway.test_http_door import NOTEBOOK_ROUTES, Doors, http_gateway
 from tests.support.browser import headless_chromium
 
+# The same on either engine (tests/conftest.py).
+pytestmark = pytest.mark.engine_neutral
+
 # Budgets the fuzzer cannot spend out, so that every answer it sees is the door's or the service's.
 ROOMY_RULE = '\n[[rate_limit.rules]]\nrate = "100000/second"\nkey = "field:user_id"\n'
 

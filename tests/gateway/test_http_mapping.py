@@ -10,6 +10,9 @@ import pytest
 from gateway.doors.http.status import HTTP_STATUS
 from gateway.routing.http.templates import TemplateError, parse_template
 
+# The same on either engine (tests/conftest.py).
+pytestmark = pytest.mark.engine_neutral
+
 
 @pytest.mark.parametrize(
     ("template", "path", "variables"),

@@ -21,6 +21,9 @@ from tests.gateway.configs import USERS, gateway_toml, write_config
 from tests.gateway.jwt_support import bearer, claims, provider_toml
 from tests.gateway.security_support import run_main
 
+# The same on either engine (tests/conftest.py).
+pytestmark = pytest.mark.engine_neutral
+
 ROUTES = {USERS: "127.0.0.1:50051"}
 ISSUER = "https://idp.example.com"
 SECRET_ENV = "GATEWAY_TEST_JWT_SECRET"
