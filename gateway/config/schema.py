@@ -588,8 +588,10 @@ class Tracing(_Strict):
     tls: TracingTls | None = None
     # Seconds one export may take before its spans are dropped (counted, logged).
     export_timeout: float = Field(default=5.0, gt=0, le=60)
-    # Seconds between exports (sooner when 512 spans are waiting); at most 2048 wait, then new ones drop.
+    # Seconds between exports (sooner when 512 spans are waiting).
     export_delay: float = Field(default=5.0, gt=0, le=60)
+    # Spans that may wait for the collector; then new ones are dropped (counted, logged).
+    max_queued_spans: int = Field(default=2048, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _endpoint_of_protocol(self) -> Tracing:

@@ -19,8 +19,10 @@ from collections.abc import Callable, Sequence
 
 import grpc
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -40,32 +42,52 @@ FAILURE_LOG_SECONDS = 30.0
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
-class _Exporter(SpanExporter):
-    """The OTLP exporter, with its failures counted and logged instead of raised or retried forever."""
+class _Drops:
+    """Spans dropped: counted in the metric, and logged at most once in FAILURE_LOG_SECONDS."""
 
-    def __init__(self, exporter: SpanExporter, dropped: Callable[[int], None], endpoint: str) -> None:
-        self._exporter = exporter
-        self._dropped = dropped
+    def __init__(self, counted: Callable[[int], None], endpoint: str) -> None:
+        self._counted = counted
         self._endpoint = endpoint
         self._last_logged = -FAILURE_LOG_SECONDS
         self._unlogged = 0
+
+    def __call__(self, spans: int, why: str) -> None:
+        self._counted(spans)
+        self._unlogged += spans
+        now = time.monotonic()
+        if now - self._last_logged >= FAILURE_LOG_SECONDS:
+            log.warning(
+                "trace collector %s: %d spans dropped since the last report (%s)",
+                self._endpoint,
+                self._unlogged,
+                why,
+            )
+            self._last_logged, self._unlogged = now, 0
+
+
+class _Waiting:
+    """Spans handed to the batch processor and not yet through an export (approximate: no lock)."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+
+
+class _Exporter(SpanExporter):
+    """The OTLP exporter, its failures counted and logged instead of raised or retried forever."""
+
+    def __init__(self, exporter: SpanExporter, drops: _Drops, waiting: _Waiting) -> None:
+        self._exporter = exporter
+        self._drops = drops
+        self._waiting = waiting
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
             result = self._exporter.export(spans)
         except Exception:  # the SDK logs and forgets a raising exporter; count it as a failure
             result = SpanExportResult.FAILURE
+        self._waiting.spans = max(0, self._waiting.spans - len(spans))
         if result is SpanExportResult.FAILURE:
-            self._dropped(len(spans))
-            self._unlogged += len(spans)
-            now = time.monotonic()
-            if now - self._last_logged >= FAILURE_LOG_SECONDS:
-                log.warning(
-                    "trace collector %s did not take the spans; dropped %d since the last report",
-                    self._endpoint,
-                    self._unlogged,
-                )
-                self._last_logged, self._unlogged = now, 0
+            self._drops(len(spans), "the collector did not take them")
         return result
 
     def shutdown(self) -> None:
@@ -73,6 +95,33 @@ class _Exporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self._exporter.force_flush(timeout_millis)
+
+
+class _Bounded(SpanProcessor):
+    """The batch processor, with a full queue's drops counted here: the SDK would log a line for
+    each span it drops, on the call's own thread."""
+
+    def __init__(self, processor: SpanProcessor, drops: _Drops, waiting: _Waiting, most: int) -> None:
+        self._processor = processor
+        self._drops = drops
+        self._waiting = waiting
+        self._most = most
+
+    def on_start(self, span: SdkSpan, parent_context: Context | None = None) -> None:
+        self._processor.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self._waiting.spans >= self._most:
+            self._drops(1, f"{self._most} spans were waiting for the collector")
+            return
+        self._waiting.spans += 1
+        self._processor.on_end(span)
+
+    def shutdown(self) -> None:
+        self._processor.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._processor.force_flush(timeout_millis)
 
 
 def _otlp_exporter(config: TracingConfig) -> SpanExporter:
@@ -131,14 +180,15 @@ class Tracer:
             resource=Resource.create({"service.name": config.service_name}),
             sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
         )
-        exporter = _Exporter(_otlp_exporter(config), dropped, config.endpoint)
-        self._provider.add_span_processor(
-            BatchSpanProcessor(
-                exporter,
-                schedule_delay_millis=config.export_delay * 1000,
-                export_timeout_millis=config.export_timeout * 1000,
-            )
+        drops, waiting = _Drops(dropped, config.endpoint), _Waiting()
+        batches = BatchSpanProcessor(
+            _Exporter(_otlp_exporter(config), drops, waiting),
+            max_queue_size=config.max_queued_spans,
+            max_export_batch_size=min(512, config.max_queued_spans),
+            schedule_delay_millis=config.export_delay * 1000,
+            export_timeout_millis=config.export_timeout * 1000,
         )
+        self._provider.add_span_processor(_Bounded(batches, drops, waiting, config.max_queued_spans))
         self._tracer = self._provider.get_tracer("grpc-gateway")
 
     def _server_span(self, call: Call, started: float) -> Span:

@@ -44,14 +44,19 @@ SERVER, CLIENT = trace_pb2.Span.SPAN_KIND_SERVER, trace_pb2.Span.SPAN_KIND_CLIEN
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     """An OTLP trace collector that keeps every span it is sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, stalled: bool = False) -> None:
+        """``stalled``: it takes every export and never answers (until the client gives up)."""
         self.spans: list[trace_pb2.Span] = []
         self.service_names: set[str] = set()
         self._lock = threading.Lock()
+        self._stalled = stalled
 
     def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
+        if self._stalled:
+            threading.Event().wait(context.time_remaining() or 5)
+            return trace_service_pb2.ExportTraceServiceResponse()
         with self._lock:
             for resource_spans in request.resource_spans:
                 for attribute in resource_spans.resource.attributes:
@@ -67,9 +72,9 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 @contextlib.contextmanager
-def receiver() -> Iterator[tuple[int, Receiver]]:
+def receiver(stalled: bool = False) -> Iterator[tuple[int, Receiver]]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    collected = Receiver()
+    collected = Receiver(stalled)
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collected, server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -100,17 +105,18 @@ def tracing(port: int, extra: str = "") -> str:
 [tracing]
 endpoint = "127.0.0.1:{port}"
 service_name = "edge-gateway"
-export_delay = 0.1
 export_timeout = 0.5
-{extra}
+{extra or "export_delay = 0.1"}
 """
 
 
 @contextlib.asynccontextmanager
-async def traced_gateway(tmp_path: Path, collector_port: int) -> AsyncIterator[tuple[Gateway, str, Seen]]:
+async def traced_gateway(
+    tmp_path: Path, collector_port: int, extra: str = ""
+) -> AsyncIterator[tuple[Gateway, str, Seen]]:
     async with upstream("users-a") as (users_port, seen):
         http_port = free_port()
-        tail = tracing(collector_port) + "\n[http]\n"
+        tail = tracing(collector_port, extra) + "\n[http]\n"
         config = write(tmp_path, toml(route(USERS, f"127.0.0.1:{users_port}"), tail=tail))
         async with gateway_beside(config, "--http-listen", f"127.0.0.1:{http_port}", metrics=True) as started:
             yield started, f"http://127.0.0.1:{http_port}", seen
@@ -232,3 +238,24 @@ async def test_calls_go_on_while_the_collector_is_down_and_the_drops_are_counted
             what="the dropped spans counted",
         )
         assert "trace collector 127.0.0.1:" in gateway.log()
+
+
+async def test_spans_past_the_queue_are_dropped_and_counted(tmp_path: Path) -> None:
+    with receiver(stalled=True) as (port, _):
+        # A collector that never answers: 10 spans may wait, the rest are dropped, not queued.
+        extra = "export_delay = 0.1\nmax_queued_spans = 10"
+        async with traced_gateway(tmp_path, port, extra) as (gateway, _, seen):
+            async with grpc.aio.insecure_channel(gateway.address) as channel:
+                for user_id in range(20):
+                    code, _, _ = await asyncio.wait_for(get_user(channel, 200 + user_id), timeout=2)
+                    assert code == grpc.StatusCode.OK
+            assert seen.finished == 20
+            # At least the 20 calls' other spans, once 10 wait: the first batch's export hangs.
+            await wait_for(
+                lambda: value(gateway.scrape(), "grpc_gateway_trace_spans_dropped_total") >= 20,
+                within=10,
+                what="the spans past the queue dropped",
+            )
+            log = gateway.log()
+            assert "10 spans were waiting for the collector" in log
+            assert "Queue full" not in log  # the SDK's own line for each span, on the call's thread
