@@ -71,8 +71,8 @@ class MethodMetrics:
         "_calls",
         "_labels",
         "_latency",
+        "_replies_stream",
         "_requests_stream",
-        "_streams",
         "client",
         "server",
     )
@@ -85,7 +85,7 @@ class MethodMetrics:
         self._calls = metrics.calls
         self._by_code: dict[tuple[str, grpc.StatusCode], Counter] = {}
         self._latency = metrics.latency.labels(service, method)
-        self._requests_stream, self._streams = kind if kind is not None else (False, False)
+        self._requests_stream, self._replies_stream = kind if kind is not None else (False, False)
         labels = (grpc_type(*kind), service, method) if kind is not None else (UNKNOWN, UNKNOWN, UNKNOWN)
         self.server = SideSeries(metrics.grpc.server, labels)
         self.client = SideSeries(metrics.grpc.client, labels) if routed else None
@@ -99,7 +99,7 @@ class MethodMetrics:
         self._latency.observe(seconds)
         # A unary side carries one message: the request once it arrived, the reply once OK.
         received = call.received if self._requests_stream else int(call.first is not None)
-        sent = call.sent if self._streams else int(code is grpc.StatusCode.OK)
+        sent = call.sent if self._replies_stream else int(code is grpc.StatusCode.OK)
         self.server.handled(code, seconds, received, sent)
         if self.client is not None and call.upstream_started:
             self.client.handled(code, now - call.upstream_started, sent, received)
