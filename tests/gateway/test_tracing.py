@@ -224,14 +224,19 @@ async def test_the_http_door_is_traced_too(setup: Setup) -> None:
     assert setup.seen.metadata[-1]["traceparent"] == f"00-{TRACE_ID}-{client.span_id.hex()}-01"
 
 
+async def twenty_calls_answered(gateway: Gateway, seen: Seen) -> None:
+    """20 GetUser calls, each answered OK within 2 s, whatever the collector does."""
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        for user_id in range(20):
+            code, _, _ = await asyncio.wait_for(get_user(channel, 100 + user_id), timeout=2)
+            assert code == grpc.StatusCode.OK
+    assert seen.finished == 20
+
+
 async def test_calls_go_on_while_the_collector_is_down_and_the_drops_are_counted(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     async with traced_gateway(tmp_path, port) as (gateway, _, seen):
-        async with grpc.aio.insecure_channel(gateway.address) as channel:
-            for user_id in range(20):
-                code, _, _ = await asyncio.wait_for(get_user(channel, 100 + user_id), timeout=2)
-                assert code == grpc.StatusCode.OK
-        assert seen.finished == 20
+        await twenty_calls_answered(gateway, seen)
         await wait_for(
             lambda: value(gateway.scrape(), "grpc_gateway_trace_spans_dropped_total") >= 40,
             within=15,
@@ -245,11 +250,7 @@ async def test_spans_past_the_queue_are_dropped_and_counted(tmp_path: Path) -> N
         # A collector that never answers: 10 spans may wait, the rest are dropped, not queued.
         extra = "export_delay = 0.1\nmax_queued_spans = 10"
         async with traced_gateway(tmp_path, port, extra) as (gateway, _, seen):
-            async with grpc.aio.insecure_channel(gateway.address) as channel:
-                for user_id in range(20):
-                    code, _, _ = await asyncio.wait_for(get_user(channel, 200 + user_id), timeout=2)
-                    assert code == grpc.StatusCode.OK
-            assert seen.finished == 20
+            await twenty_calls_answered(gateway, seen)
             # At least the 20 calls' other spans, once 10 wait: the first batch's export hangs.
             await wait_for(
                 lambda: value(gateway.scrape(), "grpc_gateway_trace_spans_dropped_total") >= 20,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -38,7 +38,7 @@ from gateway.doors.http.request import (
 )
 from gateway.doors.http.status import HTTP_STATUS, status_json
 from gateway.doors.http.transcode import BadRequest, parse_json, reply_json, request_message
-from gateway.doors.http.upstream import AioUnaryCalls, UnaryReply, failed
+from gateway.doors.http.upstream import UnaryReply, failed, unary_call
 from gateway.routing.health import Upstreams
 from gateway.routing.http.bindings import Binding, HttpRoutes, Match
 from gateway.routing.table import MethodRoute
@@ -62,7 +62,6 @@ class DoorPlan:
     """What one configuration gives the door: its routes, the chain, channels, JSON settings, limits."""
 
     routes: HttpRoutes
-    unary: AioUnaryCalls
     chain: Chain
     upstreams: Upstreams
     pool: DescriptorPool
@@ -89,6 +88,12 @@ class DoorPlan:
             )
             self._callers[(blocking, route.path)] = caller
         return caller
+
+    def unary(
+        self, route: MethodRoute, metadata: Metadata, request: bytes, seconds: float | None
+    ) -> Coroutine[Any, Any, UnaryReply]:
+        """``route``'s unary method called with ``request`` on the door's channels."""
+        return unary_call(self.caller(route), request, metadata, seconds)
 
     async def close(self) -> None:
         await self.upstreams.close()
@@ -224,7 +229,7 @@ class _Exchange:
             self.facts.received = len(requests)
         call: Any
         if not route.client_streaming and not route.server_streaming:
-            call = asyncio.ensure_future(plan.unary.unary(route, metadata, requests[0], timeout))
+            call = asyncio.ensure_future(plan.unary(route, metadata, requests[0], timeout))
         elif not route.client_streaming:
             call = plan.caller(route)(requests[0], timeout=timeout, metadata=metadata)
         else:

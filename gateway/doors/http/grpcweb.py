@@ -278,7 +278,7 @@ class _WebCall:
         if route.server_streaming:
             call = plan.caller(route)(request, timeout=seconds, metadata=metadata)
         else:
-            call = asyncio.ensure_future(plan.unary.unary(route, metadata, request, seconds))
+            call = asyncio.ensure_future(plan.unary(route, metadata, request, seconds))
         await served_unless_gone(self.receive, call, self._reply(route, call), self._left)
 
     async def _reply(self, route: MethodRoute, call: Any) -> None:

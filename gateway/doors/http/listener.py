@@ -18,7 +18,6 @@ from gateway.doors.http.cors import Cors, CorsPolicy
 from gateway.doors.http.door import DoorPlan, HttpDoor
 from gateway.doors.http.grpcweb import GrpcWebDoor
 from gateway.doors.http.openapi import openapi_document
-from gateway.doors.http.upstream import AioUnaryCalls
 from gateway.plan import Plan
 from runtime.addresses import parse_host_port
 from runtime.serving import BindError
@@ -29,12 +28,10 @@ def door_plan(plan: Plan) -> DoorPlan:
     config = plan.config
     proto_names = config.http.json_names == "proto"
     document = openapi_document(plan.http_routes, plan.routes.catalog, proto_names)
-    upstreams = plan.open_upstreams()
     return DoorPlan(
         routes=plan.http_routes,
-        unary=AioUnaryCalls(upstreams),
         chain=plan.chain,
-        upstreams=upstreams,
+        upstreams=plan.open_upstreams(),
         blocking=lambda: plan.open_upstreams(blocking=True),
         pool=plan.routes.catalog.pool,
         proto_names=proto_names,
