@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import limits
 from gateway.policy.ratelimit.script import budget_keys
 from gateway.policy.ratelimit.topology import hash_slot
 from tests.gateway.conftest import Services
-from tests.gateway.ops_support import Gateway, gateway_beside
+from tests.gateway.ops_support import Gateway, gateway_beside, get_user
 from tests.gateway.test_shared_limits import limits_toml, many_calls, two_gateways
 
 OK, REFUSED, UNAVAILABLE = grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE
@@ -34,6 +36,27 @@ def tally(codes: list[grpc.StatusCode]) -> tuple[int, int, set[grpc.StatusCode]]
 
 # Seconds the exactness runs give the store: they count, they do not time out (see README, Redis).
 EXACT_TIMEOUT = 1.0
+
+
+async def timed_calls(channel: grpc.aio.Channel, users: list[int]) -> list[tuple[grpc.StatusCode, float]]:
+    """GetUser for each of ``users`` in turn: each call's status and its seconds."""
+    timed = []
+    for user in users:
+        started = time.monotonic()
+        code, _, _ = await get_user(channel, user)
+        timed.append((code, time.monotonic() - started))
+    return timed
+
+
+def assert_bounded_by_timeout(healthy: list[float], failing: list[float], timeout: float) -> None:
+    """Calls while the store fails cost what a healthy call costs, plus the storage timeout.
+
+    Measured against healthy calls of the same run, not a fixed figure, so a slow machine moves
+    both; the median shows the timeout is honoured, the maximum that no call waits for a second.
+    """
+    shown = [round(seconds, 3) for seconds in failing], [round(seconds, 3) for seconds in healthy]
+    assert statistics.median(failing) < timeout + statistics.median(healthy) + 0.02, shown
+    assert max(failing) < 2 * timeout + max(healthy), shown
 
 
 @contextlib.asynccontextmanager
