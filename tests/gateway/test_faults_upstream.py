@@ -61,5 +61,5 @@ async def test_a_call_during_the_drain_is_refused_at_once(tmp_path: Path) -> Non
             code, _, _ = await get_user(channel, 6, deadline=2)
             took = time.monotonic() - started
             assert code == grpc.StatusCode.UNAVAILABLE
-            assert took < 0.1, f"refused after {took:.3f} s"
+            assert took < 0.5, f"refused after {took:.3f} s"  # at once, not at the 2 s deadline
             assert (await slow)[0] == grpc.StatusCode.OK  # what had started still finishes
