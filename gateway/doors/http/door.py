@@ -9,10 +9,9 @@ metadata. Server streaming replies are newline-delimited JSON, or Server-Sent Ev
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -38,7 +37,7 @@ from gateway.doors.http.request import (
 )
 from gateway.doors.http.status import HTTP_STATUS, status_json
 from gateway.doors.http.transcode import BadRequest, parse_json, reply_json, request_message
-from gateway.doors.http.upstream import UnaryReply, failed, unary_call
+from gateway.doors.http.upstream import UnaryReply, answer_of, failed, unary_call
 from gateway.routing.health import Upstreams
 from gateway.routing.http.bindings import Binding, HttpRoutes, Match
 from gateway.routing.table import MethodRoute
@@ -89,10 +88,9 @@ class DoorPlan:
             self._callers[(blocking, route.path)] = caller
         return caller
 
-    def unary(
-        self, route: MethodRoute, metadata: Metadata, request: bytes, seconds: float | None
-    ) -> Coroutine[Any, Any, UnaryReply]:
-        """``route``'s unary method called with ``request`` on the door's channels."""
+    def unary(self, route: MethodRoute, metadata: Metadata, request: bytes, seconds: float | None) -> Any:
+        """``route``'s unary method called with ``request`` on the door's channels: the call, under
+        way (its answer is ``answer_of(call)``)."""
         return unary_call(self.caller(route), request, metadata, seconds)
 
     async def close(self) -> None:
@@ -229,7 +227,7 @@ class _Exchange:
             self.facts.received = len(requests)
         call: Any
         if not route.client_streaming and not route.server_streaming:
-            call = asyncio.ensure_future(plan.unary(route, metadata, requests[0], timeout))
+            call = plan.unary(route, metadata, requests[0], timeout)
         elif not route.client_streaming:
             call = plan.caller(route)(requests[0], timeout=timeout, metadata=metadata)
         else:
@@ -244,7 +242,7 @@ class _Exchange:
         elif route.client_streaming:
             await self._client_stream(call)
         else:
-            await self._answer(await call)
+            await self._answer(await answer_of(call))
 
     def _left(self) -> None:
         self.code = grpc.StatusCode.CANCELLED

@@ -19,7 +19,6 @@ Browsers cannot stream requests over gRPC-Web: client-streaming and bidi methods
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import struct
@@ -45,7 +44,7 @@ from gateway.doors.http.request import (
     served_unless_gone,
 )
 from gateway.doors.http.status import DETAILS_HEADER
-from gateway.doors.http.upstream import UnaryReply
+from gateway.doors.http.upstream import UnaryReply, answer_of
 from gateway.routing.table import MethodRoute
 
 DOOR = "grpc-web"
@@ -278,14 +277,14 @@ class _WebCall:
         if route.server_streaming:
             call = plan.caller(route)(request, timeout=seconds, metadata=metadata)
         else:
-            call = asyncio.ensure_future(plan.unary(route, metadata, request, seconds))
+            call = plan.unary(route, metadata, request, seconds)
         await served_unless_gone(self.receive, call, self._reply(route, call), self._left)
 
     async def _reply(self, route: MethodRoute, call: Any) -> None:
         if route.server_streaming:
             await self._stream(route, call)
         else:
-            await self._answer(route, await call)
+            await self._answer(route, await answer_of(call))
 
     def _left(self) -> None:
         if not self.finished:

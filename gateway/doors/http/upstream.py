@@ -36,16 +36,17 @@ def failed(error: grpc.aio.AioRpcError) -> UnaryReply:
     )
 
 
-async def unary_call(caller: Any, request: bytes, metadata: Metadata, seconds: float | None) -> UnaryReply:
+def unary_call(caller: Any, request: bytes, metadata: Metadata, seconds: float | None) -> Any:
     """``request`` through ``caller`` (a grpc.aio unary multicallable of raw bytes), within ``seconds``
-    (None: no deadline); cancelling the awaiting task cancels the call."""
-    call = caller(request, metadata=metadata, timeout=seconds)
+    (None: no deadline): the call, under way; cancelling it cancels the upstream call."""
+    return caller(request, metadata=metadata, timeout=seconds)
+
+
+async def answer_of(call: Any) -> UnaryReply:
+    """What the upstream answered ``call`` (of ``unary_call``), failures included."""
     try:
         reply: bytes = await call
     except grpc.aio.AioRpcError as error:
         return failed(error)
-    finally:
-        if not call.done():
-            call.cancel()
     initial = tuple(await call.initial_metadata() or ())
     return UnaryReply(grpc.StatusCode.OK, "", reply, initial, tuple(await call.trailing_metadata() or ()))
