@@ -26,6 +26,7 @@ from gateway.call.requestid import request_id_of
 from gateway.call.step import Call, Metadata, Refusal
 from gateway.doors.http.docs import asset, is_docs
 from gateway.doors.http.request import (
+    Observed,
     Receive,
     Refused,
     Scope,
@@ -169,7 +170,7 @@ class HttpDoor:
         await _Exchange(plan, matched, scope, metadata, request_id, timeout, body, send, receive).run()
 
 
-class _Exchange:
+class _Exchange(Observed):
     """One request through the chain and upstream, and its reply."""
 
     def __init__(
@@ -196,13 +197,6 @@ class _Exchange:
         self.chain: MethodChain = plan.chain.of(route.path)
         self.facts = Call("http", route.path, metadata, peer_of(scope), request_id, route.request_type)
         self.code = grpc.StatusCode.OK
-
-    async def run(self) -> None:
-        started = self.facts.started = self.chain.observer.start()
-        try:
-            await self._run()
-        finally:
-            self.chain.observer.ended(self.facts, self.code, started)
 
     async def _run(self) -> None:
         binding, plan = self.binding, self.plan

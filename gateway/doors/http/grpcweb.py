@@ -34,6 +34,7 @@ from gateway.call.requestid import request_id_of
 from gateway.call.step import Call, Metadata, Refusal
 from gateway.doors.http.door import DoorPlan, HttpDoor
 from gateway.doors.http.request import (
+    Observed,
     Receive,
     Refused,
     Scope,
@@ -161,7 +162,7 @@ class GrpcWebDoor:
             await self.door(scope, receive, send)
 
 
-class _WebCall:
+class _WebCall(Observed):
     """One gRPC-Web call through the chain and upstream, and its reply."""
 
     def __init__(self, plan: DoorPlan, scope: Scope, receive: Receive, send: Send) -> None:
@@ -191,13 +192,6 @@ class _WebCall:
         self.facts = Call(DOOR, self.path[:200], (), peer_of(scope), "", request_type)
         self.code = grpc.StatusCode.OK
         self.finished = False
-
-    async def run(self) -> None:
-        started = self.facts.started = self.chain.observer.start()
-        try:
-            await self._run()
-        finally:
-            self.chain.observer.ended(self.facts, self.code, started)
 
     async def _run(self) -> None:
         plan, facts, route = self.plan, self.facts, self.route

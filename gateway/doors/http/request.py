@@ -1,6 +1,6 @@
 """What the HTTP doors read from a request before the chain: headers as gRPC metadata, the deadline,
-the body, the caller's address; the door's own refusals of a request it cannot take; and the
-client's leaving, which cancels its call."""
+the body, the caller's address; the door's own refusals of a request it cannot take; a call
+observed from its start to its end; and the client's leaving, which cancels its call."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import asyncio
 import base64
 import binascii
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 
-from gateway.call.step import Metadata
+from gateway.call.chain import MethodChain
+from gateway.call.step import Call, Metadata
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -109,6 +111,25 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+class Observed(ABC):
+    """One call of an HTTP door, observed from its start to its end whatever ends it, with ``code``."""
+
+    chain: MethodChain
+    facts: Call
+    code: grpc.StatusCode
+
+    async def run(self) -> None:
+        started = self.facts.started = self.chain.observer.start()
+        try:
+            await self._run()
+        finally:
+            self.chain.observer.ended(self.facts, self.code, started)
+
+    @abstractmethod
+    async def _run(self) -> None:
+        """The call itself: through the chain, upstream, and its reply."""
 
 
 async def served_unless_gone(
