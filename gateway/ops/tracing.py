@@ -184,6 +184,15 @@ class _Trace:
     sampled: bool
 
 
+@dataclass(frozen=True)
+class _Forwarded:
+    """A call gone upstream: its place in the trace, the upstream's attributes, when it went."""
+
+    place: _Trace
+    upstream: Attributes
+    started: int  # wall clock, ns: the client span's start
+
+
 _SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.DEFAULT)
 _UNSET = Status(StatusCode.UNSET)
 
@@ -229,7 +238,7 @@ class Tracer:
         """Where the call's spans sit in its trace; ``metadata`` with the client span's trace
         context in place of the caller's. ``upstream``: :func:`upstream_attributes`."""
         place = self._trace(call)
-        call.trace = (place, upstream, time.time_ns())
+        call.trace = _Forwarded(place, upstream, time.time_ns())
         carrier: dict[str, str] = {}
         _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(NonRecordingSpan(place.client)))
         kept = tuple((key, value) for key, value in metadata if key not in TRACE_HEADERS)
@@ -237,8 +246,8 @@ class Tracer:
 
     def ended(self, call: Call, code: grpc.StatusCode, started: float, reason: str | None) -> None:
         """The call's spans, finished, to the exporter (when sampled)."""
-        forwarded = call.trace
-        place = self._trace(call) if forwarded is None else forwarded[0]
+        forwarded: _Forwarded | None = call.trace
+        place = self._trace(call) if forwarded is None else forwarded.place
         if not place.sampled:
             return
         ended = time.time_ns()
@@ -261,16 +270,15 @@ class Tracer:
         if reason is not None:
             attributes["gateway.refused"] = reason
         if forwarded is not None:
-            _, upstream, client_started = forwarded
             self._processor.on_end(
                 self._span(
                     name,
                     place.client,
                     place.server,
                     SpanKind.CLIENT,
-                    {**(upstream or {}), "rpc.grpc.status_code": status_code},
+                    {**(forwarded.upstream or {}), "rpc.grpc.status_code": status_code},
                     Status(StatusCode.ERROR, code.name) if failed else _UNSET,
-                    client_started,
+                    forwarded.started,
                     ended,
                 )
             )
