@@ -145,15 +145,15 @@ async def _round(call: Callable[[], Awaitable[None]], calls: int, concurrency: i
 
 
 async def _measure(calls: int, concurrency: int, rounds: int) -> DoorCost:
-    door_plan_ = door_plan(_plan())
-    door = _door_call(HttpDoor(door_plan_))
+    plan = door_plan(_plan())
+    door = _door_call(HttpDoor(plan))
     async with grpc.aio.insecure_channel(UPSTREAM) as channel:
         upstream = _upstream_call(channel)
         doors, upstreams = [], []
         for _ in range(rounds):  # interleaved, medians: the machine is noisy
             doors.append(await _round(door, calls, concurrency))
             upstreams.append(await _round(upstream, calls, concurrency))
-    await door_plan_.close()
+    await plan.close()
     return DoorCost(_median(doors), _median(upstreams))
 
 

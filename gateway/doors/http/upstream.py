@@ -3,7 +3,8 @@
 On the core engine the doors once used the engine's cygrpc channels instead, whose completions
 arrive on a channel thread and are handed to the event loop. Alternating runs of the two here
 (h2load --h1 -c4, GetUser as JSON, gateway CPU from /proc) were within the machine's noise of each
-other (648-777 µs against 698-920 µs per request), so the doors keep their own grpc.aio channels on
+other, twice (648-777 µs against 698-920 µs per request; later 399-421 against 340-410): the loop
+gets cheaper, the channel's thread costs as much. So the doors keep their own grpc.aio channels on
 either engine and need nothing of it.
 """
 
