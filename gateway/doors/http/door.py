@@ -38,7 +38,7 @@ from gateway.doors.http.request import (
 )
 from gateway.doors.http.status import HTTP_STATUS, status_json
 from gateway.doors.http.transcode import BadRequest, parse_json, reply_json, request_message
-from gateway.doors.http.upstream import UnaryReply, answer_of, failed, unary_call
+from gateway.doors.http.upstream import UnaryCall, UnaryReply, failed
 from gateway.routing.health import Upstreams
 from gateway.routing.http.bindings import Binding, HttpRoutes, Match
 from gateway.routing.table import MethodRoute
@@ -89,10 +89,12 @@ class DoorPlan:
             self._callers[(blocking, route.path)] = caller
         return caller
 
-    def unary(self, route: MethodRoute, metadata: Metadata, request: bytes, seconds: float | None) -> Any:
-        """``route``'s unary method called with ``request`` on the door's channels: the call, under
-        way (its answer is ``answer_of(call)``)."""
-        return unary_call(self.caller(route), request, metadata, seconds)
+    def unary(
+        self, route: MethodRoute, metadata: Metadata, request: bytes, seconds: float | None
+    ) -> UnaryCall:
+        """``route``'s unary method called with ``request`` on the door's channels (awaiting its
+        ``answer()`` makes it)."""
+        return UnaryCall(self.upstreams.channel(route.upstream), route.path, request, metadata, seconds)
 
     async def close(self) -> None:
         await self.upstreams.close()
@@ -236,7 +238,7 @@ class _Exchange(Observed):
         elif route.client_streaming:
             await self._client_stream(call)
         else:
-            await self._answer(await answer_of(call))
+            await self._answer(await call.answer())
 
     def _left(self) -> None:
         self.code = grpc.StatusCode.CANCELLED

@@ -45,7 +45,7 @@ from gateway.doors.http.request import (
     served_unless_gone,
 )
 from gateway.doors.http.status import DETAILS_HEADER
-from gateway.doors.http.upstream import UnaryReply, answer_of
+from gateway.doors.http.upstream import UnaryReply
 from gateway.routing.table import MethodRoute
 
 DOOR = "grpc-web"
@@ -278,7 +278,7 @@ class _WebCall(Observed):
         if route.server_streaming:
             await self._stream(route, call)
         else:
-            await self._answer(route, await answer_of(call))
+            await self._answer(route, await call.answer())
 
     def _left(self) -> None:
         if not self.finished:
