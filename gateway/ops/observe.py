@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -21,8 +22,10 @@ from gateway.config.schema import GatewayConfig
 from gateway.ops.accesslog import AccessLog, method_part
 from gateway.ops.metrics import GatewayMetrics, MethodMetrics, MetricsServer
 from gateway.ops.own_services import OwnMethod
-from gateway.ops.tracing import Tracer, upstream_attributes
 from gateway.routing.table import RouteTable
+
+if TYPE_CHECKING:
+    from gateway.ops.tracing import Tracer
 
 # Metric labels of every call to a method that is neither routed nor the gateway's own: a caller
 # must not be able to create series by inventing method names.
@@ -45,7 +48,7 @@ class MethodObserver:
         """``path`` None: the observer of every path no route knows, logged with the path asked for."""
         self._unrouted = path is None
         self._tracer = tracer
-        self._upstream = upstream_attributes(upstream) if tracer is not None and upstream else None
+        self._upstream = tracer.upstream_attributes(upstream) if tracer is not None and upstream else None
         self._limited = limited
         self._gateway_metrics = gateway_metrics
         self._metrics = metrics
@@ -191,6 +194,9 @@ def load_observability(config: GatewayConfig) -> Observability:
         server = MetricsServer(metrics, config.metrics_listen)
     tracer = None
     if config.tracing is not None:
+        # OpenTelemetry's SDK and exporter take about 50 ms to import: only a gateway that traces pays it.
+        from gateway.ops.tracing import Tracer
+
         tracer = Tracer(config.tracing, metrics.spans_dropped if metrics is not None else _uncounted)
     return Observability(metrics, server, AccessLog(config.access_log), tracer)
 

@@ -160,15 +160,6 @@ def _otlp_exporter(config: TracingConfig) -> SpanExporter:
     )
 
 
-def upstream_attributes(upstream: str) -> Attributes:
-    """The client span's attributes for calls to ``upstream`` (an address, or several)."""
-    try:
-        host, port = parse_host_port(upstream)
-    except ValueError:
-        return {"rpc.system": "grpc", "server.address": upstream}
-    return {"rpc.system": "grpc", "server.address": host, "server.port": port}
-
-
 def _wall_ns(started: float) -> int:
     """The wall-clock time, in ns, of the perf_counter() reading ``started``."""
     return time.time_ns() - int((time.perf_counter() - started) * 1e9)
@@ -218,6 +209,15 @@ class Tracer:
         )
         self._processor = _Bounded(batches, drops, waiting, config.max_queued_spans)
 
+    @staticmethod
+    def upstream_attributes(upstream: str) -> Attributes:
+        """The client span's attributes for calls to ``upstream`` (an address, or several)."""
+        try:
+            host, port = parse_host_port(upstream)
+        except ValueError:
+            return {"rpc.system": "grpc", "server.address": upstream}
+        return {"rpc.system": "grpc", "server.address": host, "server.port": port}
+
     def _trace(self, call: Call) -> _Trace:
         carrier = {key: value for key, value in call.metadata if key in TRACE_HEADERS}
         context = _PROPAGATOR.extract(carrier) if carrier else None
@@ -236,7 +236,7 @@ class Tracer:
 
     def forwarding(self, call: Call, upstream: Attributes, metadata: Metadata) -> Metadata:
         """Where the call's spans sit in its trace; ``metadata`` with the client span's trace
-        context in place of the caller's. ``upstream``: :func:`upstream_attributes`."""
+        context in place of the caller's. ``upstream``: :meth:`upstream_attributes`."""
         place = self._trace(call)
         call.trace = _Forwarded(place, upstream, time.time_ns())
         carrier: dict[str, str] = {}
