@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 from grpc_health.v1 import health_pb2
 
 from gateway.config.schema import ConfigError
-from gateway.doors.http.listener import HttpListener
 from gateway.engines import engine_named
 from gateway.engines.base import Retired
 from gateway.ops.own_services import OwnServices
@@ -18,6 +18,9 @@ from gateway.plan import Plan, Reloader
 from gateway.routing.health import HealthMonitor, Upstreams
 from runtime.addresses import format_host_port, parse_host_port
 from runtime.serving import wait_for_stop_signal
+
+if TYPE_CHECKING:
+    from gateway.doors.http.listener import HttpListener
 
 log = logging.getLogger("gateway")
 
@@ -38,8 +41,11 @@ class Gateway:
         self.plan = plan
         self._own = OwnServices(plan.config, plan.routes)
         self._engine = engine_named(plan.config.engine)(plan, self._own, reuse_port)
-        self._http = None
+        self._http: HttpListener | None = None
         if plan.config.http.listen is not None:
+            # The HTTP doors, uvicorn with them, are imported only by a gateway that opens one.
+            from gateway.doors.http.listener import HttpListener
+
             self._http = HttpListener(plan, reuse_port)
         self._monitor, self._upstreams = self._health_monitor(plan)
         self._monitoring: asyncio.Task[None] | None = None

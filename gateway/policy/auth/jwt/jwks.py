@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import jwt
-
 log = logging.getLogger(__name__)
 
 # A JWKS or a discovery document larger than this is not one.
@@ -113,6 +111,8 @@ def _signing_key(jwk: Any, accepted: frozenset[str], kept: dict[str, SigningKey]
     algorithms = fitting & accepted
     if not algorithms:
         raise JwksError(f"kty {kty!r} with alg {jwk.get('alg')!r} fits none of {', '.join(sorted(accepted))}")
+    import jwt  # PyJWT (see verify.py: imported only by a gateway with [[auth.jwt]] providers)
+
     try:
         parsed = jwt.PyJWK(jwk, algorithm=min(algorithms))
     except jwt.PyJWTError as error:

@@ -23,15 +23,17 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-import jwt
 
 from gateway.policy.auth.authenticator import AuthRefusal
 from gateway.policy.auth.jwt.cache import TokenCache
 from gateway.policy.auth.jwt.claims import claim_at, forwarded_claims
 from gateway.policy.auth.jwt.jwks import KeySet, SigningKey
+
+if TYPE_CHECKING:
+    import jwt
 
 # Longer tokens are refused unread (a default gRPC metadata limit, 8 KiB, refuses them earlier).
 MAX_TOKEN_BYTES = 16 * 1024
@@ -237,6 +239,9 @@ class TokenVerifier:
         now: float,
     ) -> VerifiedToken | AuthRefusal:
         """PyJWT's verdict on the signature with each candidate key in turn, then on the claims."""
+        # PyJWT and cryptography take 60-75 ms to import: only a gateway that verifies tokens pays it.
+        import jwt
+
         for number, (signing_key, key) in enumerate(candidates, 1):
             try:
                 claims = jwt.decode(
@@ -303,6 +308,8 @@ def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
 def _claims_refusal(
     error: jwt.PyJWTError, payload: Mapping[str, Any], issuer: Issuer, now: float
 ) -> AuthRefusal:
+    import jwt
+
     if isinstance(error, jwt.ExpiredSignatureError):
         ago = max(1, math.floor(now - float(payload["exp"])))
         return token_refusal(f"token expired {ago} s ago", "token_expired")
