@@ -111,7 +111,7 @@ def _signing_key(jwk: Any, accepted: frozenset[str], kept: dict[str, SigningKey]
     algorithms = fitting & accepted
     if not algorithms:
         raise JwksError(f"kty {kty!r} with alg {jwk.get('alg')!r} fits none of {', '.join(sorted(accepted))}")
-    import jwt  # PyJWT (see verify.py: imported only by a gateway with [[auth.jwt]] providers)
+    import jwt  # only a gateway with [[auth.jwt]] providers loads PyJWT (providers.py)
 
     try:
         parsed = jwt.PyJWK(jwk, algorithm=min(algorithms))

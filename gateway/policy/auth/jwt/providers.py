@@ -8,6 +8,7 @@ and their refresh thread, instead of fetching them again.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import re
 from collections.abc import Mapping
@@ -148,6 +149,9 @@ def load_tokens(
     providers = config.auth.jwt
     if not providers:
         return None, TokenKeys()
+    # PyJWT, which verify.py and jwks.py import where they use it, is loaded here, with the config,
+    # so that no call waits for its import (60-75 ms with cryptography).
+    importlib.import_module("jwt")
     environ = os.environ if environ is None else environ
     reusable = previous.sets if previous is not None else ()
     issuers = []

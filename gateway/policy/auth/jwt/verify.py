@@ -239,7 +239,7 @@ class TokenVerifier:
         now: float,
     ) -> VerifiedToken | AuthRefusal:
         """PyJWT's verdict on the signature with each candidate key in turn, then on the claims."""
-        # PyJWT and cryptography take 60-75 ms to import: only a gateway that verifies tokens pays it.
+        # Imported here: only a gateway with [[auth.jwt]] providers loads PyJWT (see providers.py).
         import jwt
 
         for number, (signing_key, key) in enumerate(candidates, 1):
