@@ -3,19 +3,51 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NATIVE_STAMP := $(VENV)/.native
+NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(shell find native/src -name '*.rs')
+# uv installs exactly what the lock (requirements.txt) holds; uv itself comes by hash
+# (uv-requirements.txt), into a folder of its own.
+UV_HOME := .uv
+UV := $(UV_HOME)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
 PROTOS := $(shell find protos -name '*.proto')
 # google/api/annotations.proto and http.proto (HTTP rules on methods) ship with googleapis-common-protos.
 GOOGLEAPIS = $(shell $(BIN)/python -c "import google.api.http_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])")
 
-.PHONY: install proto proto-check run test lint bench web clean
+.PHONY: install lock upgrade proto proto-check run test lint bench web clean
 
-install: $(STAMP)
+install: $(STAMP) $(NATIVE_STAMP)
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(UV): uv-requirements.txt
+	test -x $(UV_HOME)/bin/python || $(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/python -m pip install --quiet --require-hashes --no-deps -r uv-requirements.txt
+	touch $(UV)
+
+# Exactly the lock (a package it lacks is removed), then this project itself, editable.
+$(STAMP): pyproject.toml requirements.txt $(UV)
+	test -x $(BIN)/python || $(UV) venv --quiet --python $(PYTHON) $(VENV)
+	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes requirements.txt
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# The native data plane (Rust), in release mode, with the crates of native/Cargo.lock.
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES)
+	command -v cargo >/dev/null || { echo "make install: cargo (Rust >= 1.85) is needed to build native/; see the README" >&2; exit 1; }
+	rm -rf $(VENV)/wheels
+	$(BIN)/maturin build --quiet --release --locked -m native/Cargo.toml -i $(BIN)/python --out $(VENV)/wheels
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps --reinstall $(VENV)/wheels/gateway_native-*.whl
+	touch $(NATIVE_STAMP)
+
+# After a change of pyproject.toml's dependencies: the lock again, moving as little as it can.
+lock: $(UV)
+	$(UV) pip compile --quiet pyproject.toml --group dev --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command "make lock" -o requirements.txt
+
+# Every package to the newest release pyproject.toml's bounds allow; the lock's diff shows what moved.
+upgrade: $(UV)
+	$(UV) pip compile --quiet pyproject.toml --group dev --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command "make upgrade" -o requirements.txt --upgrade
+	cd native && cargo update
 
 proto: install
 	rm -rf generated/shop
@@ -34,13 +66,16 @@ proto-check: proto
 
 # CONFIG=path runs the gateway with another config, e.g. `make run CONFIG=examples/tenants.toml`.
 run: install
-	$(BIN)/python -m runtime.devstack $(if $(CONFIG),--config $(CONFIG))
+	$(BIN)/python -m runtime.devstack --config $(or $(CONFIG),gateway/config/reference.toml)
 
+# Both runs go to the end whatever the first gives; what was skipped, and why, is printed last.
 test: install
-	$(BIN)/python -m pytest
-	# The gateway's behaviour once more on its other engine, grpc.aio (the config's engine = "aio"),
-	# but for the tests marked engine_neutral (tests/conftest.py).
-	$(BIN)/python -m pytest tests/gateway --gateway-engine aio
+	rm -f $(VENV)/skipped.txt
+	status=0; \
+	GATEWAY_TEST_SKIPS=$(VENV)/skipped.txt $(BIN)/python -m pytest || status=$$?; \
+	GATEWAY_TEST_SKIPS=$(VENV)/skipped.txt $(BIN)/python -m pytest tests/gateway --gateway-engine aio || status=$$?; \
+	$(BIN)/python -m tests.support.skips $(VENV)/skipped.txt; \
+	exit $$status
 
 lint: install
 	$(BIN)/ruff check .
@@ -60,4 +95,4 @@ web:
 	cd examples/web && npm ci --no-audit --no-fund && npm run build
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(UV_HOME) .mypy_cache .pytest_cache .ruff_cache

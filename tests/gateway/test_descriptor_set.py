@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 
 from tests.gateway.configs import gateway_toml, write_config
 from tests.gateway.conftest import start_gateway
@@ -64,7 +64,7 @@ async def greeter(tmp_path: Path) -> AsyncIterator[tuple[Path, str]]:
 
     async def greet(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         name = request_type.FromString(request).name  # type: ignore[attr-defined]
-        return reply_type(text=f"hello {name}").SerializeToString()
+        return json_format.ParseDict({"text": f"hello {name}"}, reply_type()).SerializeToString()
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(
