@@ -1,4 +1,4 @@
-"""``grpc-gateway``: the command line, its subcommand (``hash-key``) and its exit codes.
+"""``grpc-gateway``: the command line, its subcommand (``hash-key``), ``--check`` and its exit codes.
 
 0: stopped by a signal; 1: could not listen, or a worker failed; 2: a bad config or command line.
 """
@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from gateway.config.schema import REFERENCE_CONFIG, ConfigError
+from gateway.hashkey import HASH_KEY_DESCRIPTION, hash_key
+from gateway.version import VERSION
 from runtime import jsonlog
 from runtime.addresses import format_host_port, parse_host_port
 
@@ -30,26 +32,36 @@ def _address(text: str) -> str:
     return text
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grpc-gateway",
-        description="A gRPC gateway: API-key auth, per-user rate limits, transparent forwarding.",
-        epilog="grpc-gateway hash-key [KEY] prints the sha256: digest of an API key for the config.",
+        description="A gRPC gateway: API-key and JWT auth, exact per-user rate limits, transparent "
+        "forwarding of every kind of call, an HTTP/JSON and gRPC-Web door.",
+        epilog=f"To try it: grpc-gateway -c {REFERENCE_CONFIG} (the reference config; make run uses it).",
     )
+    parser.add_argument("--version", action="version", version=f"grpc-gateway {VERSION}")
+    parser.add_argument("-c", "--config", type=Path, metavar="PATH", help="the TOML config file (required)")
     parser.add_argument(
-        "--config",
-        type=Path,
-        default=REFERENCE_CONFIG,
-        help="TOML config file (default: the reference config)",
+        "--check",
+        action="store_true",
+        help="load the config (descriptor sets, key files, JWKS caches, steps) as a start would, print "
+        "what it would serve and exit: 0 if it is good, 2 with every problem found",
     )
     parser.add_argument("--listen", type=_address, help="HOST:PORT to listen on, overriding the config")
     parser.add_argument(
         "--http-listen", type=_address, help="HOST:PORT of the HTTP/JSON door, overriding [http] listen"
     )
     parser.add_argument(
-        "--engine", choices=["core", "aio"], help="what carries the calls, overriding the config's engine"
+        "--engine",
+        choices=["core", "aio", "native"],
+        help="what carries the calls, overriding the config's engine",
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="in any case (default: info)"
+    )
     parser.add_argument(
         "--metrics-listen",
         type=_metrics_address,
@@ -68,6 +80,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="share the listen port with other processes (set by --workers)",
     )
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    hash_key_command = commands.add_parser(
+        "hash-key",
+        help="print the sha256: digest of an API key, for key = in the config",
+        description=HASH_KEY_DESCRIPTION,
+    )
+    hash_key_command.add_argument("key", nargs="?", help="the key (default: read from standard input)")
+    hash_key_command.set_defaults(fail=hash_key_command.error)
     return parser
 
 
@@ -88,20 +108,12 @@ def _worker_count(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
-    arguments = sys.argv[1:] if argv is None else argv
-    if arguments[:1] == ["hash-key"]:
-        from gateway.hashkey import main as hash_key
-
-        return hash_key(arguments[1:])
-    # grpc is imported from here on, after GRPC_EXPERIMENTS is set.
-    from gateway.app import serve
-    from gateway.ops.observe import load_observability
-    from gateway.ops.workers import check_workers, supervise
-    from gateway.plan import Plan, load_plan
-    from runtime.serving import BindError, run
-
-    args = _parser().parse_args(argv)
-    jsonlog.configure(args.log_level)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "hash-key":
+        return hash_key(args.key, args.fail)
+    if args.config is None:
+        parser.error(f"the config is required: -c/--config PATH (the reference config: {REFERENCE_CONFIG})")
     overrides = {
         name: value
         for name, value in (
@@ -112,6 +124,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         if value is not None
     }
+    jsonlog.configure(args.log_level)
+    if args.check:
+        from gateway.check import check
+
+        return check(args.config, overrides, sys.stdout, sys.stderr)
+    # grpc is imported from here on, after GRPC_EXPERIMENTS is set.
+    from gateway.app import serve
+    from gateway.ops.observe import load_observability
+    from gateway.ops.workers import check_workers, supervise
+    from gateway.plan import Plan, load_plan
+    from runtime.serving import BindError, run
+
     try:
         plan = load_plan(args.config, overrides, load_observability)
         if args.workers > 1:

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import sys
-from typing import TextIO
+from collections.abc import Callable
+from typing import NoReturn, TextIO
 
 from gateway.config.keys import key_problem, written_digest
 
-PROG = "grpc-gateway hash-key"
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=(
-            'Print the digest of an API key as the config takes it (key = "sha256:…"), so that the '
-            "config file holds no usable secret. The key is read from standard input (one line) unless "
-            "given as an argument; an argument stays in the shell history and the process list."
-        ),
-    )
-    parser.add_argument("key", nargs="?", help="the key (default: read from standard input)")
-    return parser
+HASH_KEY_DESCRIPTION = (
+    'Print the digest of an API key as the config takes it (key = "sha256:…"), so that the '
+    "config file holds no usable secret. The key is read from standard input (one line) unless "
+    "given as an argument; an argument stays in the shell history and the process list."
+)
 
 
 def _read_key(stdin: TextIO) -> str:
@@ -35,15 +26,14 @@ def _read_key(stdin: TextIO) -> str:
     return key
 
 
-def main(argv: list[str], stdin: TextIO | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+def hash_key(key: str | None, fail: Callable[[str], NoReturn], stdin: TextIO | None = None) -> int:
+    """Print the digest of ``key`` (None: read from ``stdin``); ``fail`` reports a bad key (exit 2)."""
     try:
-        key = args.key if args.key is not None else _read_key(stdin or sys.stdin)
+        key = key if key is not None else _read_key(stdin or sys.stdin)
     except ValueError as error:
-        parser.error(str(error))
+        fail(str(error))
     problem = key_problem(key)
     if problem is not None:
-        parser.error(problem)
+        fail(problem)
     print(written_digest(key))
     return 0

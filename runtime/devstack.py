@@ -34,7 +34,9 @@ def _wait_ready(address: str, process: subprocess.Popen[bytes]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="devstack", description=__doc__)
-    parser.add_argument("--config", help="gateway config (default: the reference config)")
+    parser.add_argument(
+        "--config", required=True, help="the gateway's config (make run: the reference config)"
+    )
     args = parser.parse_args(argv)
 
     stopping = stop_signal_flag()
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             stopping.set()
             break
     if not stopping.is_set():
-        processes.append(_start("gateway", *(["--config", args.config] if args.config else [])))
+        processes.append(_start("gateway", "--config", args.config))
 
     while not stopping.is_set() and all(process.poll() is None for process in processes):
         time.sleep(0.2)

@@ -244,6 +244,7 @@ class Chain:
     ) -> None:
         """``steps`` in order (see :func:`ordered`); ``paths``: every path answered -> its route
         (None for the gateway's own services); ``observers`` by path."""
+        self.step_names = tuple(placed.name for placed in steps)
         failures = {placed.name: _StepFailures(placed.name) for placed in steps}
         self.methods = {
             path: self._compile(steps, path, route, observers[path], failures)

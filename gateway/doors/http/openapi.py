@@ -15,6 +15,7 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, FileDescriptor
 
 from gateway.routing.http.bindings import Binding, HttpRoutes, field_at
+from gateway.version import VERSION
 from runtime.descriptors import DescriptorCatalog
 
 _SCALARS: dict[int, dict[str, Any]] = {
@@ -247,7 +248,7 @@ def openapi_document(
         "openapi": "3.1.0",
         "info": {
             "title": title,
-            "version": "1",
+            "version": VERSION,
             "description": "Every routed gRPC method as JSON, through the gateway's auth and rate limits.",
         },
         "paths": paths,
