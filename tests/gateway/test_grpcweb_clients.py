@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from tests.gateway.configs import API_KEY, gateway_toml, write_config
 from tests.gateway.conftest import Services
 from tests.gateway.test_http_door import Doors, http_gateway
 from tests.support.browser import headless_chromium
+from tests.support.programs import required_program
 
 # The same on either engine (tests/conftest.py).
 pytestmark = pytest.mark.engine_neutral
@@ -101,8 +101,7 @@ def test_the_example_page_calls_from_another_origin(doors: Doors, browser: webdr
 
 
 def test_a_node_client_makes_the_same_calls(doors: Doors) -> None:
-    node = shutil.which("node")
-    assert node is not None, "node is not installed (apt-get install nodejs; .ci/run does)"
+    node = required_program("node", "nodejs")
     result = subprocess.run(
         [node, str(NODE_CLIENT), doors.http, API_KEY],
         capture_output=True,
