@@ -22,13 +22,18 @@ from pydantic import (
 )
 
 from gateway.config.keys import is_written_digest, key_problem, parse_written_digest
+from gateway.config.secrets import shown_uri
 from runtime.addresses import parse_host_port
 
 REFERENCE_CONFIG = Path(__file__).with_name("reference.toml")
 
 
 class ConfigError(Exception):
-    """The configuration is unusable; the message names the field and the problem."""
+    """The configuration is unusable; each problem names its field and what is wrong."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 def _address(value: str) -> str:
@@ -265,9 +270,37 @@ class Rule(_Strict):
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+cluster", "redis+sentinel")
 
 
+class RateLimitTls(_Strict):
+    """TLS to Redis (rediss://): the CA to trust, and the gateway's certificate if Redis asks for one."""
+
+    # PEM file of the CA certificates that sign Redis's certificate; default: the system's.
+    ca: ConfigPath | None = None
+    # The gateway's client certificate and its (unencrypted) private key, for tls-auth-clients.
+    cert: ConfigPath | None = None
+    key: ConfigPath | None = None
+    # The name Redis's certificate must carry, when it is not the host in the storage URI.
+    server_name: str = ""
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> RateLimitTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("give both cert and key (the gateway's client certificate), or neither")
+        return self
+
+
 class RateLimit(_Strict):
-    # Where budgets live: memory:// (this process only) or a Redis URI shared by every replica.
+    # Where budgets live: memory:// (this process only) or a Redis URI shared by every replica. A
+    # password in it (redis://USER:PASSWORD@H:P) is never shown: logs and errors print ***.
     storage: str = "memory://"
+    # The name of an environment variable holding the Redis password, so that the file holds none;
+    # instead of a password in storage (whose user, redis://USER@H:P, is used with it; else "default").
+    password_env: str | None = Field(default=None, min_length=1)
+    # redis+sentinel:// only: the sentinels' own password (their requirepass), written here or, so
+    # that the file holds none, the name of an environment variable holding it; one of the two.
+    sentinel_password: SecretStr | None = None
+    sentinel_password_env: str | None = Field(default=None, min_length=1)
+    # rediss:// only: the CA, client certificate and server name; without it, the system's CAs.
+    tls: RateLimitTls | None = None
     # What to do with a call when the storage fails or is slower than storage_timeout:
     # "allow" it (fail open, as Envoy and Kong do by default), "deny" it with UNAVAILABLE, or
     # "local": count it in this process against the rule's rate divided by `replicas`.
@@ -285,8 +318,41 @@ class RateLimit(_Strict):
         scheme, separator, _ = value.partition("://")
         if not separator or scheme not in STORAGE_SCHEMES:
             accepted = ", ".join(f"{s}://" for s in STORAGE_SCHEMES)
-            raise ValueError(f"{value!r} is not a storage URI this gateway knows; use one of {accepted}")
+            raise ValueError(
+                f"{shown_uri(value)!r} is not a storage URI this gateway knows; use one of {accepted}"
+            )
         return value
+
+    @model_validator(mode="after")
+    def _access_fits_the_storage(self) -> RateLimit:
+        scheme = self.storage.partition("://")[0]
+        shown = shown_uri(self.storage)
+        given = [
+            name
+            for name in ("password_env", "sentinel_password", "sentinel_password_env", "tls")
+            if getattr(self, name) is not None
+        ]
+        if given and scheme == "memory":
+            raise ValueError(f"{', '.join(given)}: only for a Redis storage, and storage is {shown!r}")
+        if self.password_env is not None and self._uri_has_password(self.storage):
+            raise ValueError(
+                f"password_env and the password in storage ({shown!r}) are two passwords: give one of them"
+            )
+        if self.sentinel_password is not None and self.sentinel_password_env is not None:
+            raise ValueError("sentinel_password and sentinel_password_env: give one of them, not both")
+        sentinel = [name for name in given if name.startswith("sentinel_")]
+        if sentinel and scheme != "redis+sentinel":
+            raise ValueError(f"{sentinel[0]}: only for a redis+sentinel:// storage, and storage is {shown!r}")
+        if self.tls is not None and scheme != "rediss":
+            raise ValueError(f"tls: only for a rediss:// storage (TLS to Redis), and storage is {shown!r}")
+        return self
+
+    @staticmethod
+    def _uri_has_password(uri: str) -> bool:
+        """Whether ``uri`` holds a password, read as shown_uri reads it (user info up to the last @)."""
+        rest = uri.partition("://")[2]
+        at = rest.rfind("@")
+        return at >= 0 and bool(rest[:at].partition(":")[2])
 
     @property
     def shared(self) -> bool:
@@ -555,6 +621,15 @@ class Http(_Strict):
     json_names: Literal["json", "proto"] = "json"
     # Seconds a call may take when the request sets no grpc-timeout header; none: no limit.
     default_timeout: float | None = Field(default=None, gt=0)
+    # Seconds a connection has to send a whole request head, from when it opens or a request's first
+    # byte; then it is closed (slowloris, connections that never send).
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    # Seconds a keep-alive connection may sit idle between requests; then it is closed. Behind a load
+    # balancer, set it above the balancer's own idle timeout.
+    idle_timeout: float = Field(default=5.0, gt=0, le=3600)
+    # Open connections at most; a connection over it is answered 503 and closed. None: half the
+    # process's open-file limit (raised to its hard limit at start), at most 10,000.
+    max_connections: int | None = Field(default=None, ge=1)
     routes: tuple[HttpRoute, ...] = ()
     cors: Cors = Cors()
 
@@ -574,15 +649,22 @@ class TracingTls(_Strict):
 
 
 class Tracing(_Strict):
-    """[tracing]: an OpenTelemetry span for every call, exported over OTLP; no tracing without it."""
+    """[tracing]: an OpenTelemetry span for every call, exported over OTLP. The standard OTEL_*
+    variables fill in what it leaves out (gateway/ops/tracing.py); a field it sets wins."""
 
     # OTLP/gRPC: the collector's HOST:PORT; http/protobuf: its URL (http://HOST:4318/v1/traces).
-    endpoint: str = Field(min_length=1)
+    # None: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT, else the local default.
+    endpoint: str | None = Field(default=None, min_length=1)
+    # Unset: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL, else grpc. An endpoint
+    # given here is read with the protocol given here (or grpc): the two go together.
     protocol: Literal["grpc", "http/protobuf"] = "grpc"
     # The share of new traces kept; a caller's sampled flag is followed either way (parent-based).
+    # Unset: OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, else every trace (parent-based).
     sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    # Unset: OTEL_SERVICE_NAME, service.name in OTEL_RESOURCE_ATTRIBUTES, else grpc-gateway.
     service_name: str = Field(default="grpc-gateway", min_length=1)
-    # Sent with every export, e.g. a collector's API key.
+    # Sent with every export, e.g. a collector's API key; over OTEL_EXPORTER_OTLP_TRACES_HEADERS
+    # (or OTEL_EXPORTER_OTLP_HEADERS), a name given here winning.
     headers: dict[str, Annotated[str, AfterValidator(_printable)]] = Field(default_factory=dict)
     # TLS to the collector; without it OTLP/gRPC is plaintext (an https:// URL is TLS either way).
     tls: TracingTls | None = None
@@ -595,12 +677,12 @@ class Tracing(_Strict):
 
     @model_validator(mode="after")
     def _endpoint_of_protocol(self) -> Tracing:
-        if self.protocol == "grpc":
+        if self.endpoint is not None and self.protocol == "grpc":
             try:
                 parse_host_port(self.endpoint)
             except ValueError as error:
                 raise ValueError(f"endpoint: {error}") from None
-        elif not re.match(r"^https?://[^/\s]+", self.endpoint):
+        elif self.endpoint is not None and not re.match(r"^https?://[^/\s]+", self.endpoint):
             raise ValueError(
                 f"endpoint: {self.endpoint!r} is not an http:// or https:// URL (http/protobuf takes one)"
             )
@@ -633,11 +715,19 @@ class StepConfig(_Strict):
         return self
 
 
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value))
+    except ValueError as error:
+        raise ValueError(f"{error}; write a network such as 10.0.0.0/8 or 2001:db8::/32") from None
+
+
 class GatewayConfig(_Strict):
     listen: Address = "127.0.0.1:50050"
-    # What carries the calls: "core" (grpcio's core layer, gateway/engines/core; about half the CPU per
-    # call) or "aio" (grpc.aio's public API). Same decisions, same replies; --engine overrides.
-    engine: Literal["core", "aio"] = "core"
+    # What carries the calls: "core" (grpcio's core layer, gateway/engines/core), "aio" (grpc.aio's
+    # public API) or "native" (the native data plane, gateway/engines/native). Same decisions, same
+    # replies; --engine overrides.
+    engine: Literal["core", "aio", "native"] = "core"
     # FileDescriptorSet files (protoc --include_imports --descriptor_set_out) for services from
     # outside this repository; this project's own services are always known.
     descriptor_sets: tuple[Path, ...] = ()
@@ -664,6 +754,10 @@ class GatewayConfig(_Strict):
     steps: tuple[StepConfig, ...] = ()
     http: Http = Http()
     tracing: Tracing | None = None
+    # Networks (CIDRs) of the load balancers and proxies in front of the gateway: a call from one of
+    # them counts as the client its X-Forwarded-For or Forwarded header names. Empty: those headers
+    # are believed from no one.
+    trusted_proxies: tuple[Annotated[str, AfterValidator(_network)], ...] = ()
 
     @field_validator("routes")
     @classmethod
@@ -683,7 +777,7 @@ def _field_path(location: tuple[int | str, ...]) -> str:
     return path or "(top level)"
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError) -> list[str]:
     problems = []
     items = error.errors()
     # A list whose items failed is also reported "too short"; that second message only misleads.
@@ -698,7 +792,7 @@ def _describe(error: ValidationError) -> str:
         elif item["type"] == "missing":
             message = "required field is missing"
         problems.append(f"{_field_path(item['loc'])}: {message}")
-    return "; ".join(problems)
+    return problems
 
 
 def parse_config(data: dict[str, Any], origin: str) -> GatewayConfig:
@@ -707,7 +801,7 @@ def parse_config(data: dict[str, Any], origin: str) -> GatewayConfig:
     try:
         config = GatewayConfig.model_validate(data, context={"config_folder": base})
     except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
+        raise ConfigError(*_describe(error)) from None
     resolved = tuple(p if p.is_absolute() else base / p for p in config.descriptor_sets)
     return config.model_copy(update={"descriptor_sets": resolved})
 

@@ -1,11 +1,9 @@
 """Real redis-server processes on free loopback ports, started and stopped by the tests themselves:
 one server, a Cluster of three masters (``redis-cli --cluster create``), or a master, a replica and
-a sentinel."""
+a sentinel; each, on request, protected by a password (``requirepass``; the sentinel's own apart)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,33 +13,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from gateway.policy.ratelimit.resp import Reply, ReplyParser, encode
 from tests.support.processes import free_port
+from tests.support.programs import required_program
 
 
 def _binary(name: str = "redis-server") -> str:
-    binary = shutil.which(name)
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed: CI must install it (.ci/run does)")
-        pytest.skip(f"{name} is not installed; the Redis tests need it")
-    return binary
+    return required_program(name, "redis-server" if name == "redis-server" else "redis-tools")
 
 
-def command(port: int, *arguments: bytes | str | int) -> Reply:
-    """One command to 127.0.0.1:``port``, its reply (an error reply is returned, not raised)."""
+def command(port: int, *arguments: bytes | str | int, password: str | None = None) -> Reply:
+    """One command to 127.0.0.1:``port`` (after ``AUTH password``, if given), its reply (an error
+    reply is returned, not raised)."""
     parser = ReplyParser()
+    wanted = 1 if password is None else 2
     with socket.create_connection(("127.0.0.1", port), timeout=2) as connection:
-        connection.sendall(encode(*arguments))
-        while True:
+        login = encode("AUTH", password) if password is not None else b""
+        connection.sendall(login + encode(*arguments))
+        replies: list[Reply] = []
+        while len(replies) < wanted:
             data = connection.recv(65536)
             if not data:
                 raise ConnectionError(f"redis on port {port} closed the connection")
-            replies = parser.feed(data)
-            if replies:
-                return replies[0]
+            replies += parser.feed(data)
+        return replies[-1]
 
 
 def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
@@ -61,7 +56,8 @@ def _answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as connection:
             connection.sendall(b"PING\r\n")
-            return connection.recv(16).startswith(b"+PONG")
+            # A server with a password answers too, that it wants one: it is up.
+            return connection.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -70,14 +66,24 @@ class RedisServer:
     """One redis-server process; tests can kill, freeze and restart it on the same port."""
 
     def __init__(
-        self, binary: str, port: int, options: tuple[str, ...] = (), sentinel: Path | None = None
+        self,
+        binary: str,
+        port: int,
+        options: tuple[str, ...] = (),
+        sentinel: Path | None = None,
+        password: str | None = None,
     ) -> None:
         self.binary = binary
         self.port = port
-        self.url = f"redis://127.0.0.1:{port}"
+        self.url = f"redis://127.0.0.1:{port}"  # never with the password: tests give it as they test
         self.options = options
         self.sentinel = sentinel  # a sentinel's config file: run as a sentinel
+        self.password = password  # requirepass (a sentinel's in its config file)
         self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self, *arguments: bytes | str | int) -> Reply:
+        """:func:`command` to this server, logged in with its password."""
+        return command(self.port, *arguments, password=self.password)
 
     def start(self, timeout: float = 10.0) -> None:
         first = [str(self.sentinel), "--sentinel"] if self.sentinel is not None else []
@@ -90,6 +96,7 @@ class RedisServer:
                 "--bind",
                 "127.0.0.1",
                 *([] if self.sentinel is not None else ["--save", "", "--appendonly", "no"]),
+                *(["--requirepass", self.password] if self.password and self.sentinel is None else []),
                 *self.options,
             ],
             stdout=subprocess.DEVNULL,
@@ -123,10 +130,15 @@ def _stop(servers: list[RedisServer]) -> None:
 
 
 @contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    """A fresh redis-server on a free port for the duration of the block."""
-    server = RedisServer(_binary(), free_port())
-    server.start()
+def redis_server(
+    password: str | None = None, options: tuple[str, ...] = (), started: bool = True
+) -> Iterator[RedisServer]:
+    """A fresh redis-server on a free port for the duration of the block; with ``password``, its
+    requirepass (the default user's); ``options``: more of its command line (``--user …``); not
+    ``started``: the test starts it (its port is chosen)."""
+    server = RedisServer(_binary(), free_port(), options, password=password)
+    if started:
+        server.start()
     try:
         yield server
     finally:
@@ -146,7 +158,7 @@ class RedisCluster:
     def slots_of(self, master: RedisServer) -> list[tuple[int, int]]:
         """The slot ranges ``master`` serves, as the cluster maps them."""
         ranges = []
-        for entry in command(self.masters[0].port, "CLUSTER", "SLOTS"):  # type: ignore[union-attr]
+        for entry in self.masters[0].command("CLUSTER", "SLOTS"):  # type: ignore[union-attr]
             first, last, owner = entry[0], entry[1], entry[2]  # type: ignore[index]
             if owner[1] == master.port:  # type: ignore[index]
                 ranges.append((first, last))
@@ -155,17 +167,18 @@ class RedisCluster:
     def healthy(self) -> bool:
         """Every master up and every node says the cluster is ok."""
         return all(
-            b"cluster_state:ok" in command(master.port, "CLUSTER", "INFO")  # type: ignore[operator]
+            b"cluster_state:ok" in master.command("CLUSTER", "INFO")  # type: ignore[operator]
             for master in self.masters
         )
 
 
 @contextmanager
-def redis_cluster(folder: Path) -> Iterator[RedisCluster]:
+def redis_cluster(folder: Path, password: str | None = None) -> Iterator[RedisCluster]:
     """A Cluster of three masters made with ``redis-cli --cluster create``, up until the block ends.
 
     A node that is down is noticed within a second (``cluster-node-timeout``), and the others keep
-    serving their slots (``cluster-require-full-coverage no``).
+    serving their slots (``cluster-require-full-coverage no``). With ``password``: every node's
+    requirepass and masterauth.
     """
     binary = _binary()
     masters = []
@@ -179,8 +192,9 @@ def redis_cluster(folder: Path) -> Iterator[RedisCluster]:
             "--cluster-node-timeout", "1000",
             "--cluster-require-full-coverage", "no",
             "--dir", str(folder),
+            *(("--masterauth", password) if password else ()),
         )  # fmt: skip
-        masters.append(RedisServer(binary, port, options))
+        masters.append(RedisServer(binary, port, options, password=password))
     try:
         for master in masters:
             master.start()
@@ -191,6 +205,7 @@ def redis_cluster(folder: Path) -> Iterator[RedisCluster]:
                 "create",
                 *(f"127.0.0.1:{master.port}" for master in masters),
                 "--cluster-yes",
+                *(("-a", password, "--no-auth-warning") if password else ()),
             ],
             check=True,
             capture_output=True,
@@ -219,32 +234,47 @@ class RedisSentinel:
 
     def named_master(self) -> int:
         """The port the sentinel names as master now."""
-        reply = command(self.sentinel.port, "SENTINEL", "get-master-addr-by-name", self.SERVICE)
+        reply = self.sentinel.command("SENTINEL", "get-master-addr-by-name", self.SERVICE)
         assert isinstance(reply, list)
         return int(reply[1])  # type: ignore[arg-type]
 
 
 @contextmanager
-def redis_sentinel(folder: Path) -> Iterator[RedisSentinel]:
-    """A master, a replica of it and a sentinel that fails over within about a second of a death."""
+def redis_sentinel(
+    folder: Path,
+    password: str | None = None,
+    sentinel_password: str | None = None,
+    down_after: float = 0.5,
+) -> Iterator[RedisSentinel]:
+    """A master, a replica of it and a sentinel that fails over once the master has not answered for
+    ``down_after`` seconds (about a second after a death, by default).
+
+    With ``password``: the master's and the replica's requirepass and masterauth (and the
+    sentinel's auth-pass); with ``sentinel_password``: the sentinel's own requirepass.
+    """
     binary = _binary()
-    master = RedisServer(binary, free_port())
-    replica = RedisServer(binary, free_port(), ("--replicaof", "127.0.0.1", str(master.port)))
+    auth = ("--masterauth", password) if password else ()
+    master = RedisServer(binary, free_port(), auth, password=password)
+    replica = RedisServer(
+        binary, free_port(), ("--replicaof", "127.0.0.1", str(master.port), *auth), password=password
+    )
     config = folder / "sentinel.conf"
     config.write_text(
         f"sentinel monitor {RedisSentinel.SERVICE} 127.0.0.1 {master.port} 1\n"
-        f"sentinel down-after-milliseconds {RedisSentinel.SERVICE} 500\n"
+        f"sentinel down-after-milliseconds {RedisSentinel.SERVICE} {round(down_after * 1000)}\n"
         f"sentinel failover-timeout {RedisSentinel.SERVICE} 2000\n"
+        + (f"sentinel auth-pass {RedisSentinel.SERVICE} {password}\n" if password else "")
+        + (f"requirepass {sentinel_password}\n" if sentinel_password else "")
     )
-    sentinel = RedisServer(binary, free_port(), sentinel=config)
+    sentinel = RedisServer(binary, free_port(), sentinel=config, password=sentinel_password)
     servers = [master, replica, sentinel]
     try:
         for server in servers:
             server.start()
         in_sync = b"master_link_status:up"
-        wait_until(lambda: in_sync in command(replica.port, "INFO", "replication"), 10, "the replica in sync")  # type: ignore[operator]
+        wait_until(lambda: in_sync in replica.command("INFO", "replication"), 10, "the replica in sync")  # type: ignore[operator]
         wait_until(
-            lambda: bool(command(sentinel.port, "SENTINEL", "replicas", RedisSentinel.SERVICE)),
+            lambda: bool(sentinel.command("SENTINEL", "replicas", RedisSentinel.SERVICE)),
             15,
             "the sentinel knowing the replica",
         )

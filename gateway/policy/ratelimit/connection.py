@@ -8,7 +8,9 @@ command in flight shares it (pipelined: replies come back in the order commands 
 burst of decisions costs one write and one read, not a round trip each.
 
 A connection is *ready* only once its handshake (AUTH, SELECT, loading the script, checking the
-server's role) has been answered: a decision is never the first thing sent on a connection.
+server's role) has been answered: a decision is never the first thing sent on a connection. Every
+connection the gateway opens logs in first, the one-off ones too (a Cluster's slot map, Sentinel's
+answer), and a refused login is reported in words (:class:`Refused`), never with the password.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import cast
 
-from gateway.policy.ratelimit.resp import ProtocolError, Reply, ReplyError, ReplyParser
+from gateway.config.secrets import HIDDEN
+from gateway.policy.ratelimit.resp import ProtocolError, Reply, ReplyError, ReplyParser, encode
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -43,6 +47,105 @@ MOST_IN_FLIGHT = 10_000
 
 class ConnectionLost(Exception):
     """The connection closed, or could not be made, before the command was answered."""
+
+
+class Refused(Exception):
+    """A server turned the gateway's login down, or its user may not run what the gateway needs.
+
+    The message says so in words and never holds the password; ``kind`` names it for the metrics:
+    ``noauth`` (a password is needed and none is configured), ``wrongpass``, ``noperm`` (an ACL user
+    without a permission the gateway needs) or ``auth`` (a password is configured, none is needed).
+    """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS to a server: the context (CA, client certificate), and the name its certificate must
+    carry when it is not the host connected to. Two are equal when made from the same files as they
+    were then (``origin``), a context being comparable only by identity."""
+
+    context: ssl.SSLContext = field(compare=False)
+    server_name: str = ""
+    origin: tuple[object, ...] = ()
+
+    def hostname(self, host: str) -> str:
+        return self.server_name or host
+
+
+@dataclass(frozen=True)
+class Login:
+    """What a connection says before anything else: ``AUTH [USER] PASSWORD``, nothing without a password.
+
+    ``server`` and ``configured_by`` are words for messages: who refused, and which settings give
+    the password that was missing or wrong.
+    """
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    server: str = "Redis"
+    configured_by: str = "the storage URI's password or rate_limit.password_env"
+
+    @property
+    def commands(self) -> tuple[bytes, ...]:
+        if self.password is None:
+            return ()
+        return (encode(b"AUTH", *([self.username] if self.username else []), self.password),)
+
+    def hide(self, text: str) -> str:
+        """``text`` with the password, should a server ever echo it, shown as ``***``."""
+        return text.replace(self.password, HIDDEN) if self.password else text
+
+    def check(self, replies: Sequence[Reply]) -> None:
+        """Raise :class:`Refused` for the first reply that turns the login down. ``replies``: those
+        of :attr:`commands` and then of the commands after them, any of which may say NOAUTH (the
+        first command a password-protected server gets without AUTH does).
+
+        Raises:
+            Refused: in words, naming the user, never the password.
+        """
+        for position, reply in enumerate(replies):
+            if isinstance(reply, ReplyError):
+                refused = self.refused(reply)
+                if refused is None and position < len(self.commands):  # AUTH itself failed
+                    user = self.username or "default"
+                    refused = Refused(
+                        f"{self.server} refused AUTH as user {user!r}: {self.hide(str(reply))}", "auth"
+                    )
+                if refused is not None:
+                    raise refused
+
+    def refused(self, error: ReplyError) -> Refused | None:
+        """``error`` in words if it is about the login or the user's permissions; else None."""
+        user = self.username or "default"
+        text = self.hide(str(error))
+        kind = error.kind
+        if kind == "NOAUTH":
+            if self.password is None:
+                words = f"{self.server} asks for a password and none is configured ({self.configured_by})"
+            else:
+                words = f"{self.server} still asks for a password after AUTH as user {user!r}"
+            return Refused(words, "noauth")
+        if kind == "WRONGPASS" or (kind == "ERR" and "invalid password" in text):
+            return Refused(
+                f"{self.server} refused the password for user {user!r} (a wrong password, or a user "
+                "it does not know or has disabled)",
+                "wrongpass",
+            )
+        if kind == "ERR" and "without any password configured" in text:
+            return Refused(
+                f"{self.server} has no password for user {user!r}, yet one is configured "
+                f"({self.configured_by}): remove it, or set the server's password",
+                "auth",
+            )
+        if kind == "NOPERM":
+            return Refused(
+                f"{self.server} user {user!r} lacks a permission the gateway needs: {text}", "noperm"
+            )
+        return None
 
 
 class RedisConnection(asyncio.Protocol):
@@ -141,11 +244,13 @@ class Link:
         address: AddressSource,
         handshake: Handshake,
         check: HandshakeCheck,
-        tls: ssl.SSLContext | None,
+        tls: Tls | None,
+        login: Login,
     ) -> None:
         self.name = name
         self._address = address
-        self._handshake = handshake
+        self.login = login
+        self._handshake = (*login.commands, *handshake)
         self._check = check
         self._tls = tls
         self.ready: RedisConnection | None = None
@@ -181,20 +286,32 @@ class Link:
         # Shielded: a caller that gives up must not cancel the attempt others wait on.
         return await asyncio.shield(self.start())
 
+    async def ready_by(self, deadline: float) -> bool:
+        """Attempt until a connection is ready (True), the login is refused, or the event loop's
+        clock reaches ``deadline`` (False): for the warm-up, when the server may still be starting."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(deadline):
+                while self.ready is None:
+                    try:
+                        # Shielded: the deadline stops the waiting, not the attempt others may join.
+                        await asyncio.shield(self.start())
+                    except (Refused, ssl.SSLError):
+                        return False  # no use asking again with the same password or certificates
+                    except Exception:  # down or starting: the next attempt, soon
+                        await asyncio.sleep(min(RETRY_MOST, max(0.0, deadline - loop.time())) / 5)
+        except TimeoutError:
+            return False
+        return True
+
     async def _open(self) -> RedisConnection:
         async with asyncio.timeout(CONNECT_TIMEOUT):
             host, port = await self._address()
-            loop = asyncio.get_running_loop()
-            _, connection = await loop.create_connection(
-                lambda: RedisConnection(self._lost),
-                host,
-                port,
-                ssl=self._tls,
-                server_hostname=host if self._tls is not None else None,
-            )
+            connection = await _connect(host, port, self._tls, self._lost)
             try:
                 replies = await asyncio.gather(*(connection.send(command) for command in self._handshake))
-                self._check(replies)
+                self.login.check(replies)
+                self._check(replies[len(self.login.commands) :])
             except BaseException:
                 connection.close()
                 raise
@@ -214,7 +331,7 @@ class Link:
                 log.info("redis connection restored", extra={"server": self.name})
             self.ready, self._backoff, self.last_error = connection, RETRY_FIRST, ""
             return
-        described = _describe(error)
+        described = self.login.hide(_describe(error))
         if described != self.last_error:
             log.warning("cannot connect to redis", extra={"server": self.name, "error": described})
         self.last_error = described
@@ -253,7 +370,22 @@ class Link:
 def _describe(error: BaseException) -> str:
     if isinstance(error, TimeoutError):
         return f"no answer within {CONNECT_TIMEOUT} s"
+    if isinstance(error, Refused):
+        return str(error)
     return f"{type(error).__name__}: {error}"
+
+
+async def _connect(
+    host: str, port: int, tls: Tls | None, on_lost: Callable[[RedisConnection], None]
+) -> RedisConnection:
+    _, connection = await asyncio.get_running_loop().create_connection(
+        lambda: RedisConnection(on_lost),
+        host,
+        port,
+        ssl=tls.context if tls is not None else None,
+        server_hostname=tls.hostname(host) if tls is not None else None,
+    )
+    return connection
 
 
 def expect_ok(replies: list[Reply]) -> None:
@@ -267,23 +399,22 @@ def expect_ok(replies: list[Reply]) -> None:
             raise reply
 
 
-async def ask_once(address: Address, request: bytes, tls: ssl.SSLContext | None) -> Reply:
-    """One command on a connection of its own, closed after the reply (Sentinel, slot maps).
+async def ask_once(address: Address, request: bytes, tls: Tls | None, login: Login) -> Reply:
+    """One command on a connection of its own, after the login, closed after the reply (Sentinel,
+    slot maps).
 
     Raises:
+        Refused: the login was turned down, or the command was for want of it.
         ConnectionLost, OSError, TimeoutError: no reply within CONNECT_TIMEOUT.
     """
     host, port = address
-    loop = asyncio.get_running_loop()
     async with asyncio.timeout(CONNECT_TIMEOUT):
-        _, connection = await loop.create_connection(
-            lambda: RedisConnection(lambda _: None),
-            host,
-            port,
-            ssl=tls,
-            server_hostname=host if tls is not None else None,
-        )
+        connection = await _connect(host, port, tls, lambda _: None)
         try:
-            return await connection.send(request)
+            replies = await asyncio.gather(
+                *(connection.send(command) for command in (*login.commands, request))
+            )
         finally:
             connection.close()
+    login.check(replies)
+    return replies[-1]

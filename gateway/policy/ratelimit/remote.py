@@ -12,14 +12,28 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from gateway.policy.ratelimit.connection import ConnectionLost, Link
+from gateway.config.secrets import shown_uri
+from gateway.policy.ratelimit.connection import ConnectionLost, Link, Refused
 from gateway.policy.ratelimit.resp import Reply, ReplyError, encode
 from gateway.policy.ratelimit.script import SCRIPT, SHA
-from gateway.policy.ratelimit.topology import Cluster, Sentinel, Single, parse_uri
+from gateway.policy.ratelimit.topology import WARM_UP_SECONDS, Access, Cluster, Sentinel, Single, parse_uri
 
 # Error replies counted under a kind of their own; any other is "error".
 KNOWN_ERRORS = frozenset(
-    {"MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "OOM", "NOAUTH"}
+    {
+        "MOVED",
+        "ASK",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "READONLY",
+        "LOADING",
+        "BUSY",
+        "MASTERDOWN",
+        "OOM",
+        "NOAUTH",
+        "WRONGPASS",
+        "NOPERM",
+    }
 )
 
 ASKING = encode(b"ASKING")
@@ -41,29 +55,33 @@ class StoreUnavailable(Exception):
 
 
 class RedisStore:
-    """The Redis behind a ``redis://``, ``rediss://``, ``redis+sentinel://`` or ``redis+cluster://`` URI.
+    """The Redis behind a ``redis://``, ``rediss://``, ``redis+sentinel://`` or ``redis+cluster://`` URI,
+    reached and logged in to as ``access`` says.
 
     Raises (on construction):
         StorageURIError: the URI is not one this store can use.
     """
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, access: Access | None = None) -> None:
         self.uri = uri
         parsed = parse_uri(uri)
+        self.access = access = access if access is not None else Access()
         self.topology: Single | Cluster
         if parsed.scheme == "redis+cluster":
-            self.topology = Cluster(parsed)
+            self.topology = Cluster(parsed, access)
         elif parsed.scheme == "redis+sentinel":
-            self.topology = Sentinel(parsed)
+            self.topology = Sentinel(parsed, access)
         else:
-            self.topology = Single(parsed)
+            self.topology = Single(parsed, access)
         # A call's rules all go to one server in one script call, unless the budgets are spread
         # over a Cluster's nodes: then one call per rule.
         self.one_server = self.topology.one_server
 
-    async def start(self) -> None:
-        """Connect before the first decision needs it; a server down now is not an error here."""
-        await self.topology.start()
+    async def start(self) -> bool:
+        """Connect, log in, load the script and learn the topology before the first decision needs
+        it, waiting WARM_UP_SECONDS at most; whether all of it was done. A server down now (or
+        refusing the login) is not an error here: it is logged, and decisions meet it as configured."""
+        return await self.topology.start(asyncio.get_running_loop().time() + WARM_UP_SECONDS)
 
     def close(self) -> None:
         self.topology.close()
@@ -81,7 +99,7 @@ class RedisStore:
         if isinstance(reply, ReplyError):
             reply = await self._not_run(reply, link, command, keys, arguments)
         if not isinstance(reply, list) or len(reply) % 3 or not all(isinstance(n, int) for n in reply):
-            raise StoreUnavailable(f"{self.uri}: the script answered {reply!r}", "protocol")
+            raise StoreUnavailable(f"{shown_uri(self.uri)}: the script answered {reply!r}", "protocol")
         values: list[int] = reply  # type: ignore[assignment]
         return [(values[i] == 1, values[i + 1], values[i + 2]) for i in range(0, len(values), 3)]
 
@@ -96,16 +114,18 @@ class RedisStore:
         """Send again what Redis did not run, where it says to; else the error is the store's failure."""
         kind = error.kind
         if kind == "NOSCRIPT":  # a script cache flushed since the connection loaded it
-            return _unless_error(await _send(link, encode(b"EVAL", SCRIPT, len(keys), *keys, *arguments)))
+            return _unless_error(
+                await _send(link, encode(b"EVAL", SCRIPT, len(keys), *keys, *arguments)), link
+            )
         if kind in ("MOVED", "ASK"):
             self.topology.changed()
             parts = str(error).split(" ")
             target = self.topology.link_at(parts[2]) if len(parts) == 3 else None
             if target is not None:
-                return _unless_error(await _send(target, command, asking=kind == "ASK"))
+                return _unless_error(await _send(target, command, asking=kind == "ASK"), target)
         if kind == "READONLY":  # a demoted master: find the new one
             self.topology.changed()
-        raise _failure(error)
+        raise _failure(error, link)
 
 
 async def _send(link: Link, command: bytes, asking: bool = False) -> Reply:
@@ -118,8 +138,10 @@ async def _send(link: Link, command: bytes, asking: bool = False) -> Reply:
         return await connection.send(command)
     except (ConnectionLost, OSError) as error:
         raise StoreUnavailable(f"{link.name}: {error}", "connection") from None
-    except ReplyError as error:  # a handshake that failed (a wrong password, a replica)
-        raise _failure(error) from None
+    except Refused as error:  # the login, in words (never the password)
+        raise StoreUnavailable(f"{link.name}: {error}", error.kind) from None
+    except ReplyError as error:  # a handshake that failed otherwise (a replica, a database out of range)
+        raise _failure(error, link) from None
 
 
 def _ignore(done: asyncio.Future[Reply]) -> None:
@@ -127,12 +149,18 @@ def _ignore(done: asyncio.Future[Reply]) -> None:
         done.exception()  # retrieved: a lost connection fails the command that follows anyway
 
 
-def _unless_error(reply: Reply) -> Reply:
+def _unless_error(reply: Reply, link: Link) -> Reply:
     if isinstance(reply, ReplyError):
-        raise _failure(reply)
+        raise _failure(reply, link)
     return reply
 
 
-def _failure(error: ReplyError) -> StoreUnavailable:
+def _failure(error: ReplyError, link: Link) -> StoreUnavailable:
+    # A decision refused for the login (an ACL changed since the handshake), in the login's words.
+    refused = link.login.refused(error)
+    if refused is not None:
+        return StoreUnavailable(f"{link.name}: {refused}", refused.kind)
     kind = error.kind
-    return StoreUnavailable(f"redis: {error}", kind.lower() if kind in KNOWN_ERRORS else "error")
+    return StoreUnavailable(
+        f"redis: {link.login.hide(str(error))}", kind.lower() if kind in KNOWN_ERRORS else "error"
+    )

@@ -8,6 +8,7 @@ memory, the ``limits`` library's strategies count; in Redis, one script (``scrip
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,12 +24,16 @@ from limits.aio.strategies import (
 )
 
 from gateway.config.schema import ConfigError, RateKey, RateLimit, Rule
+from gateway.config.secrets import shown_uri
+from gateway.policy.ratelimit.access import access
 from gateway.policy.ratelimit.memory import BoundedMemoryStorage
 from gateway.policy.ratelimit.outage import StoreHealth
 from gateway.policy.ratelimit.remote import RedisStore, StoreUnavailable
 from gateway.policy.ratelimit.script import STRATEGY_CODES, budget_keys
 from gateway.policy.ratelimit.topology import StorageURIError
 from gateway.routing.table import MethodRoute, RouteTable
+
+log = logging.getLogger("gateway.ratelimit")
 
 STRATEGIES: dict[str, type[RateLimiter]] = {
     "moving-window": MovingWindowRateLimiter,
@@ -118,7 +123,7 @@ class Store:
     def __init__(self, remote: RedisStore | None = None) -> None:
         self.memory = BoundedMemoryStorage()
         self.remote = remote
-        self.health = StoreHealth(remote.uri) if remote is not None else None
+        self.health = StoreHealth(shown_uri(remote.uri)) if remote is not None else None
         self._next_sweep = 0.0
 
     @property
@@ -139,18 +144,26 @@ class Store:
             self.memory.sweep(SWEEP_PER_TICK)
 
 
-def open_storage(uri: str) -> Store:
-    """The storage behind a ``storage`` URI. Memory is this process's own; Redis is shared.
+def open_storage(config: RateLimit) -> Store:
+    """The storage ``config`` names. Memory is this process's own; Redis is shared.
 
     Raises:
-        ConfigError: the URI cannot be used.
+        ConfigError: the URI cannot be used, or a password or TLS file it needs cannot be read.
     """
-    if uri.startswith("memory://"):
+    if config.storage.startswith("memory://"):
         return Store()
     try:
-        return Store(RedisStore(uri))
+        return Store(RedisStore(config.storage, access(config)))
     except StorageURIError as error:
         raise ConfigError(f"rate_limit.storage: {error}") from None
+
+
+def _reached_alike(store: Store, config: RateLimit) -> bool:
+    """Whether ``store`` logs in and connects as ``config`` says (a reload keeps it then); the
+    passwords are compared as read now, so a changed variable or file takes effect on a reload."""
+    if store.remote is None:
+        return True
+    return store.remote.access == access(config)
 
 
 class RateLimitPolicy:
@@ -164,12 +177,15 @@ class RateLimitPolicy:
         store: Store | None = None,
     ) -> None:
         """``clients``: the client names an override may name (None: any, as tokens name clients)."""
-        # A reload passes the store on, so budgets already spent stay spent.
-        self.store = store if store is not None else open_storage(config.storage)
+        # A reload passes the store on, so budgets already spent stay spent; unless the password or
+        # TLS to reach it changed: then a store of its own, which logs in anew.
+        if store is None or not _reached_alike(store, config):
+            store = open_storage(config)
+        self.store = store
         self.timeout = config.storage_timeout
         self.on_storage_error = config.on_storage_error
         self.fail_open = config.on_storage_error == "allow"
-        self.storage_uri = config.storage
+        self.storage_uri = shown_uri(config.storage)  # for messages: never the password
         share = config.replicas if config.on_storage_error == "local" and self.store.waits else 1
         known_clients = set(clients) if clients is not None else None
         self._rules_of: dict[str, tuple[MethodRule, ...]] = {path: () for path in routes.methods}
@@ -183,14 +199,19 @@ class RateLimitPolicy:
         return self._rules_of.get(path, ())
 
     async def warm_up(self) -> None:
-        """Connect to a shared store (every node of a Cluster) before calls need it.
+        """Make a shared store ready before calls need it (the gateway says SERVING after this):
+        connected, logged in, the script loaded, the topology known (every master of a Cluster).
 
         A burst of calls at start-up would otherwise spend its storage timeout on connecting, and be
-        let through (or refused) unchecked. A store that cannot be reached now is not an error here:
-        calls meet it as configured (on_storage_error).
+        let through (or refused) unchecked. A store that is not ready within WARM_UP_SECONDS is not
+        an error here: calls meet it as configured (on_storage_error), and it is logged.
         """
-        if self.store.remote is not None:
-            await self.store.remote.start()
+        remote = self.store.remote
+        if remote is not None and not await remote.start():
+            log.warning(
+                "rate-limit store not ready at start-up; serving: calls meet on_storage_error until it is",
+                extra={"storage": self.storage_uri, "on_storage_error": self.on_storage_error},
+            )
 
     async def spend(self, rules: tuple[tuple[MethodRule, Subject], ...], client: str) -> list[Verdict]:
         """Spend one unit of each rule's budget, in order, stopping at the first rule that refuses.
