@@ -104,10 +104,13 @@ class AccessLog:
         code: str,
         seconds: float,
         rate_limit: str | None,
+        trace: tuple[int, int] | None = None,
     ) -> None:
-        """Add one line. ``method_part`` is made once per method by :func:`method_part`."""
+        """Add one line. ``method_part`` is made once per method by :func:`method_part`; ``trace``:
+        the trace and span ids of the call's exported server span, None when it has none."""
+        ids = "" if trace is None else f',"trace_id":"{trace[0]:032x}","span_id":"{trace[1]:016x}"'
         self._pending.append(
-            f"{self._head}{self._clock.now()}{self._level}{_quote(request_id)},"
+            f"{self._head}{self._clock.now()}{self._level}{_quote(request_id)}{ids},"
             f'"peer":{_quote(peer)},"client":{quote(client)},{method_part},'
             f'"code":"{code}","duration_ms":{seconds * 1000:.3f},'
             f'"rate_limit":{quote(rate_limit)}}}\n'

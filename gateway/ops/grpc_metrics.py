@@ -2,9 +2,11 @@
 
 ``grpc_server_*`` count the calls the gateway answers (from every door), ``grpc_client_*`` the
 calls it makes to upstreams, each by ``grpc_type``, ``grpc_service`` and ``grpc_method`` (and
-``grpc_code`` once handled), as go-grpc-prometheus and py-grpc-prometheus name them. Method labels
-exist only for the methods the gateway answers; every other path is the one ``unknown`` series,
-so a caller cannot create series by inventing names.
+``grpc_code`` once handled), as go-grpc-prometheus and py-grpc-prometheus name them. ``grpc_code``
+is spelt as go-grpc-prometheus spells it (Go's ``codes.Code`` names: ``ResourceExhausted``, not
+``RESOURCE_EXHAUSTED``), since the dashboards and alert rules written for these names match those
+values. Method labels exist only for the methods the gateway answers; every other path is the one
+``unknown`` series, so a caller cannot create series by inventing names.
 """
 
 from __future__ import annotations
@@ -16,6 +18,27 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 UNARY, CLIENT_STREAM, SERVER_STREAM, BIDI_STREAM = "unary", "client_stream", "server_stream", "bidi_stream"
 # Labels of every call to a path the gateway does not answer.
 UNKNOWN = "unknown"
+
+# grpc_code as go-grpc-prometheus writes it: Go's codes.Code.String().
+GRPC_CODES = {
+    grpc.StatusCode.OK: "OK",
+    grpc.StatusCode.CANCELLED: "Canceled",
+    grpc.StatusCode.UNKNOWN: "Unknown",
+    grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "DeadlineExceeded",
+    grpc.StatusCode.NOT_FOUND: "NotFound",
+    grpc.StatusCode.ALREADY_EXISTS: "AlreadyExists",
+    grpc.StatusCode.PERMISSION_DENIED: "PermissionDenied",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
+    grpc.StatusCode.FAILED_PRECONDITION: "FailedPrecondition",
+    grpc.StatusCode.ABORTED: "Aborted",
+    grpc.StatusCode.OUT_OF_RANGE: "OutOfRange",
+    grpc.StatusCode.UNIMPLEMENTED: "Unimplemented",
+    grpc.StatusCode.INTERNAL: "Internal",
+    grpc.StatusCode.UNAVAILABLE: "Unavailable",
+    grpc.StatusCode.DATA_LOSS: "DataLoss",
+    grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
+}
 
 
 def grpc_type(client_streaming: bool, server_streaming: bool) -> str:
@@ -76,7 +99,7 @@ class SideSeries:
     def handled(self, code: grpc.StatusCode, seconds: float, received: int, sent: int) -> None:
         counter = self._by_code.get(code)
         if counter is None:
-            counter = self._by_code[code] = self._handled.labels(*self._labels, code.name)
+            counter = self._by_code[code] = self._handled.labels(*self._labels, GRPC_CODES[code])
         counter.inc()
         self.handling.observe(seconds)
         if received:

@@ -8,9 +8,12 @@ prometheus_client's global one), served on a listener of their own (``--metrics-
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Callable, Iterable
-from wsgiref.simple_server import WSGIServer
+from http import HTTPStatus
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 from prometheus_client import (
@@ -18,13 +21,16 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     disable_created_metrics,
-    start_http_server,
+    make_wsgi_app,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.process_collector import ProcessCollector
 
 from gateway.call.step import Call
 from gateway.ops.grpc_metrics import UNKNOWN, GrpcMetrics, SideSeries, grpc_type
+from gateway.version import VERSION
 from runtime.addresses import format_host_port, parse_host_port
 from runtime.serving import BindError
 
@@ -97,8 +103,9 @@ class MethodMetrics:
             counter = self._by_code[key] = self._calls.labels(*self._labels, code.name, call.door)
         counter.inc()
         self._latency.observe(seconds)
-        # A unary side carries one message: the request once it arrived, the reply once OK.
-        received = call.received if self._requests_stream else int(call.first is not None)
+        # A unary side carries one message: the request once it arrived (read for a step, or counted
+        # by a door that counts every message), the reply once OK.
+        received = call.received if self._requests_stream else int(call.first is not None or call.received > 0)
         sent = call.sent if self._replies_stream else int(code is grpc.StatusCode.OK)
         self.server.handled(code, seconds, received, sent)
         if self.client is not None and call.upstream_started:
@@ -114,6 +121,7 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         # CPU, memory and open files of the gateway process (process_cpu_seconds_total, ...).
         ProcessCollector(registry=self.registry)
+        Info(f"{PREFIX}_build", "The gateway's version.", registry=self.registry).info({"version": VERSION})
         self.calls = Counter(
             f"{PREFIX}_calls",
             "Calls handled, by gRPC service, method, status code (the gateway's own refusals included) "
@@ -271,8 +279,19 @@ def metrics_address(text: str) -> str:
     return text
 
 
+# GET /healthz and /readyz on the metrics listener too: (HTTP status, JSON body) by path.
+Probes = Callable[[str], tuple[int, bytes]]
+PROBE_PATHS = ("/healthz", "/readyz")
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes and probes are not logged
+        return
+
+
 class MetricsServer:
-    """``GET /metrics`` over plain HTTP, on a thread of its own (prometheus_client's WSGI server).
+    """``GET /metrics`` over plain HTTP, on a thread of its own (prometheus_client's WSGI app, on a
+    thread per request); ``GET /healthz`` and ``/readyz`` from ``probes``, set before ``start()``.
 
     A scrape renders the text on that thread; calls never wait for it.
     """
@@ -280,8 +299,31 @@ class MetricsServer:
     def __init__(self, metrics: GatewayMetrics, address: str) -> None:
         self._metrics = metrics
         self.address = address
+        self.probes: Probes | None = None
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
+
+    def _app(self) -> Callable[[dict[str, Any], Any], Iterable[bytes]]:
+        metrics = make_wsgi_app(self._metrics.registry)
+        probes = self.probes
+
+        def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if probes is not None and path in PROBE_PATHS and environ["REQUEST_METHOD"] in ("GET", "HEAD"):
+                code, body = probes(path)
+                start_response(
+                    f"{code} {HTTPStatus(code).phrase}",
+                    [
+                        ("Content-Type", "application/json"),
+                        ("Content-Length", str(len(body))),
+                        ("Cache-Control", "no-store"),
+                    ],
+                )
+                return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body]
+            result: Iterable[bytes] = metrics(environ, start_response)
+            return result
+
+        return app
 
     def start(self) -> int:
         """Listen; the bound port.
@@ -291,12 +333,21 @@ class MetricsServer:
         """
         host, port = parse_host_port(self.address)
         try:
-            self._server, self._thread = start_http_server(port, host, self._metrics.registry)
+            # The address's family, as prometheus_client's own server finds it.
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            family, bound = found[0][0], str(found[0][4][0])
+
+            class Server(ThreadingWSGIServer):
+                address_family = family
+
+            self._server = make_server(bound, port, self._app(), Server, handler_class=_Quiet)
         except OSError as error:
             raise BindError(
                 f"cannot listen on {self.address} for metrics ({error.strerror}); "
                 "choose another --metrics-listen address"
             ) from None
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
         return int(self._server.server_port)
 
     async def stop(self) -> None:

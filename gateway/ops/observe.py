@@ -9,6 +9,8 @@ outcome) is read from the call then, so no step reports to the metrics itself.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,7 +27,9 @@ from gateway.ops.own_services import OwnMethod
 from gateway.routing.table import RouteTable
 
 if TYPE_CHECKING:
-    from gateway.ops.tracing import Tracer
+    from gateway.ops.tracing import MethodSpans, Tracer
+
+log = logging.getLogger("gateway.tracing")
 
 # Metric labels of every call to a method that is neither routed nor the gateway's own: a caller
 # must not be able to create series by inventing method names.
@@ -47,8 +51,7 @@ class MethodObserver:
     ) -> None:
         """``path`` None: the observer of every path no route knows, logged with the path asked for."""
         self._unrouted = path is None
-        self._tracer = tracer
-        self._upstream = tracer.upstream_attributes(upstream) if tracer is not None and upstream else None
+        self._spans: MethodSpans | None = tracer.spans(path, upstream or None) if tracer is not None else None
         self._limited = limited
         self._gateway_metrics = gateway_metrics
         self._metrics = metrics
@@ -68,16 +71,17 @@ class MethodObserver:
         call.upstream_started = time.perf_counter()
         if self._metrics is not None and self._metrics.client is not None:
             self._metrics.client.started.inc()
-        if self._tracer is not None and self._upstream is not None:
-            return self._tracer.forwarding(call, self._upstream, forwarded(call))
+        if self._spans is not None and self._spans.forwards:
+            return self._spans.forwarding(call, forwarded(call))
         return forwarded(call)
 
     def ended(self, call: Call, code: grpc.StatusCode, started: float) -> None:
         """The call that ``start()`` returned ``started`` for ended with ``code``."""
         now = time.perf_counter()
         seconds = now - started
-        if self._tracer is not None:
-            self._tracer.ended(call, code, started, self._refused_by(call, code))
+        traced = None
+        if self._spans is not None:
+            traced = self._spans.ended(call, code, started, self._refused_by(call, code))
         metrics = self._gateway_metrics
         if metrics is not None:
             if call.auth_failure is not None:
@@ -99,7 +103,9 @@ class MethodObserver:
                 outcome = "allowed"
             # else: refused before the limiter saw it (null)
         method = self._method_part if self._method_part is not None else method_part(call.method, None)
-        self._log.write(call.request_id, call.peer(), call.client, method, code.name, seconds, outcome)
+        self._log.write(
+            call.request_id, call.peer(), call.client, method, code.name, seconds, outcome, traced
+        )
 
     def _refused_by(self, call: Call, code: grpc.StatusCode) -> str | None:
         """Why the gateway refused ``call`` itself, for its span; None: it did not."""
@@ -166,7 +172,7 @@ class CallObservers:
 @dataclass
 class Observability:
     """The gateway's metrics (None without a metrics listener), their listener, its access log, and
-    its tracer (None without [tracing])."""
+    its tracer (None when it does not trace: see :func:`traces`)."""
 
     metrics: GatewayMetrics | None
     metrics_server: MetricsServer | None
@@ -193,12 +199,34 @@ def load_observability(config: GatewayConfig) -> Observability:
         metrics = GatewayMetrics(rule.name for rule in config.rate_limit.rules)
         server = MetricsServer(metrics, config.metrics_listen)
     tracer = None
-    if config.tracing is not None:
-        # OpenTelemetry's SDK and exporter take about 50 ms to import: only a gateway that traces pays it.
+    if traces(config, os.environ):
+        # OpenTelemetry's SDK and exporter are slow to import: only a gateway that traces pays for it.
         from gateway.ops.tracing import Tracer
 
         tracer = Tracer(config.tracing, metrics.spans_dropped if metrics is not None else _uncounted)
     return Observability(metrics, server, AccessLog(config.access_log), tracer)
+
+
+def traces(config: GatewayConfig, environ: Mapping[str, str]) -> bool:
+    """Whether the gateway traces: with [tracing], or without it when the OTEL_* variables name
+    where spans go (an endpoint, or OTEL_TRACES_EXPORTER=otlp), as an OpenTelemetry SDK is
+    configured by the variables alone; never with OTEL_SDK_DISABLED=true, the SDK's off switch.
+
+    Other OTEL_* variables (a service name, say, set for every process of a platform) do not turn
+    tracing on: a gateway that does not trace never imports the SDK.
+    """
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        if config.tracing is not None:
+            log.warning("[tracing] is ignored: OTEL_SDK_DISABLED=true turns OpenTelemetry off")
+        return False
+    if config.tracing is not None:
+        return True
+    exporters = {name.strip().lower() for name in environ.get("OTEL_TRACES_EXPORTER", "").split(",")}
+    exporters.discard("")
+    if exporters:
+        return "otlp" in exporters
+    endpoints = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    return any(environ.get(name, "").strip() for name in endpoints)
 
 
 def _uncounted(spans: int) -> None:

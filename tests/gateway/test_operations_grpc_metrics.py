@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,23 @@ import pytest
 from shop.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
 
+from gateway.ops.grpc_metrics import GRPC_CODES
 from tests.gateway.configs import API_KEY, RECOMMENDATIONS, USERS, gateway_toml, write_config
 from tests.gateway.conftest import Services
 from tests.gateway.ops_support import Metrics, scrape, value
 from tests.support.processes import free_port, running
 
 KEY = (("x-api-key", API_KEY),)
+# grpc_code's values as go-grpc-prometheus writes them (Go's codes.Code.String()).
+GO_CODES = frozenset(
+    {
+        "OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound", "AlreadyExists",
+        "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted", "OutOfRange",
+        "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",
+    }
+)  # fmt: skip
+# The codes alert rules written for go-grpc-prometheus count as failures (grpc_code=~"...").
+ALERT_CODES = "Unknown|ResourceExhausted|Internal|Unavailable|DataLoss|DeadlineExceeded"
 # Two calls per user a minute to GetUser: the third for one user is refused.
 RULE = f"""
 [[rate_limit.rules]]
@@ -105,17 +117,17 @@ async def test_server_and_client_series_count_a_scripted_mix(doors: Doors) -> No
     # 101 twice OK, then refused; 999 NOT_FOUND; 102 without a key; 102 over HTTP.
     assert delta("grpc_server_started_total", *get) == 6
     assert delta(handled, *get, grpc_code="OK") == 3
-    assert delta(handled, *get, grpc_code="NOT_FOUND") == 1
-    assert delta(handled, *get, grpc_code="RESOURCE_EXHAUSTED") == 1
-    assert delta(handled, *get, grpc_code="UNAUTHENTICATED") == 1
+    assert delta(handled, *get, grpc_code="NotFound") == 1
+    assert delta(handled, *get, grpc_code="ResourceExhausted") == 1
+    assert delta(handled, *get, grpc_code="Unauthenticated") == 1
     assert delta("grpc_server_msg_received_total", *get) == 6
     assert delta("grpc_server_msg_sent_total", *get) == 3
     assert delta("grpc_server_handling_seconds_count", *get) == 6
     # Only the calls that went upstream are client calls: OK three times, NOT_FOUND once.
     assert delta("grpc_client_started_total", *get) == 4
     assert delta("grpc_client_handled_total", *get, grpc_code="OK") == 3
-    assert delta("grpc_client_handled_total", *get, grpc_code="NOT_FOUND") == 1
-    assert delta("grpc_client_handled_total", *get, grpc_code="RESOURCE_EXHAUSTED") == 0
+    assert delta("grpc_client_handled_total", *get, grpc_code="NotFound") == 1
+    assert delta("grpc_client_handled_total", *get, grpc_code="ResourceExhausted") == 0
     assert delta("grpc_client_msg_sent_total", *get) == 4
     assert delta("grpc_client_msg_received_total", *get) == 3
     assert delta("grpc_client_handling_seconds_count", *get) == 4
@@ -136,7 +148,7 @@ async def test_server_and_client_series_count_a_scripted_mix(doors: Doors) -> No
     assert delta("grpc_server_msg_sent_total", *bidi) == 2
 
     unknown = ("unknown", "unknown", "unknown")
-    assert delta(handled, *unknown, grpc_code="UNIMPLEMENTED") == 1
+    assert delta(handled, *unknown, grpc_code="Unimplemented") == 1
     assert delta("grpc_client_started_total", *unknown) == 0
     # The gateway's own series still split the calls by door.
     calls = {"service": USERS, "method": "GetUser", "code": "OK"}
@@ -165,7 +177,42 @@ async def test_made_up_method_names_make_no_series(doors: Doors) -> None:
     assert "unknown" in methods
     assert not any(method.startswith("Method") for method in methods if method)
     assert _series(
-        samples, "grpc_server_handled_total", "unknown", "unknown", "unknown", grpc_code="UNIMPLEMENTED"
+        samples, "grpc_server_handled_total", "unknown", "unknown", "unknown", grpc_code="Unimplemented"
     ) == (10_000)
     # Every series is of a method the gateway answers, or the one unknown series.
     assert len(methods) < 30
+
+
+async def test_grpc_code_is_spelt_as_go_grpc_prometheus_spells_it(doors: Doors) -> None:
+    """What a dashboard or an alert rule written for go-grpc-prometheus selects, the gateway exports."""
+    async with grpc.aio.insecure_channel(doors.grpc) as channel:
+        users = users_pb2_grpc.UserServiceStub(channel)
+        codes = []
+        for _ in range(3):  # the third is over the rule's two a minute
+            try:
+                await users.GetUser(users_pb2.GetUserRequest(user_id=104), metadata=KEY, timeout=5)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as error:
+                codes.append(error.code())
+        assert codes == [grpc.StatusCode.OK, grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED]
+    samples = scrape(doors.metrics)
+    get = ("unary", USERS, "GetUser")
+    assert _series(samples, "grpc_server_handled_total", *get, grpc_code="ResourceExhausted") == 1
+    assert _series(samples, "grpc_server_handled_total", *get, grpc_code="RESOURCE_EXHAUSTED") == 0
+    # grpc_code=~"Unknown|ResourceExhausted|...": PromQL anchors the regex at both ends.
+    alerting = {
+        labels
+        for name, labels in samples
+        if name == "grpc_server_handled_total" and re.fullmatch(ALERT_CODES, dict(labels)["grpc_code"])
+    }
+    assert {dict(labels)["grpc_code"] for labels in alerting} == {"ResourceExhausted"}
+    assert sum(samples[("grpc_server_handled_total", labels)] for labels in alerting) == 1
+    spelt = {dict(labels)["grpc_code"] for name, labels in samples if "grpc_code" in dict(labels)}
+    assert spelt >= {"OK", "ResourceExhausted"}
+    assert spelt <= GO_CODES
+
+
+def test_every_status_code_has_its_go_name() -> None:
+    assert set(GRPC_CODES) == set(grpc.StatusCode)
+    assert set(GRPC_CODES.values()) == GO_CODES
+    assert GRPC_CODES[grpc.StatusCode.CANCELLED] == "Canceled"  # Go's spelling, one L

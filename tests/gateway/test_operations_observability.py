@@ -163,6 +163,8 @@ async def test_access_log_line_per_call(setup: Setup) -> None:
     assert 0 < ok["duration_ms"] < 5000
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", ok["time"])
     assert (ok["level"], ok["message"]) == ("info", "call")
+    assert "trace_id" not in ok  # no tracing: no trace to point at (tests/gateway/test_tracing.py)
+    assert "span_id" not in ok
 
     (refused,) = _lines(gateway, "req-abc-2")
     assert (refused["client"], refused["code"], refused["rate_limit"]) == (None, "UNAUTHENTICATED", None)
@@ -297,3 +299,21 @@ def test_access_log_lines_are_json_whatever_the_caller_sends(tmp_path: Path) -> 
     assert line["method"] == '/a.B/"quoted"\\'
     assert (line["upstream"], line["rate_limit"], line["duration_ms"]) == (None, None, 1.234)
     assert path.read_text().isascii()
+
+
+def test_access_log_trace_ids_are_lower_case_hex_of_fixed_width(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
+    try:
+        log = AccessLog(AccessLogConfig(destination=str(path)))
+    finally:
+        logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET)
+    method = method_part("/a.B/C", None)
+    log.write("traced", "ipv4:127.0.0.1:5", None, method, "OK", 0.001, None, (0xABC, 0x5))
+    log.write("untraced", "ipv4:127.0.0.1:5", None, method, "OK", 0.001, None)
+    log.close()
+    traced, untraced = access_lines(path.read_text())
+    # W3C trace context's form, as the collector and the upstream's logs write the same ids.
+    assert (traced["trace_id"], traced["span_id"]) == ("0" * 29 + "abc", "0" * 15 + "5")
+    assert "trace_id" not in untraced
+    assert "span_id" not in untraced
