@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import resource
 import signal
 from typing import TYPE_CHECKING
 
 from grpc_health.v1 import health_pb2
 
+from gateway.call import forwarded
 from gateway.config.schema import ConfigError
 from gateway.engines import engine_named
 from gateway.engines.base import Retired
@@ -21,6 +24,7 @@ from runtime.serving import wait_for_stop_signal
 
 if TYPE_CHECKING:
     from gateway.doors.http.listener import HttpListener
+    from gateway.policy.auth.jwt.providers import TokenKeys
 
 log = logging.getLogger("gateway")
 
@@ -31,6 +35,45 @@ RELOAD_KEYS_WAIT = 10.0
 RESTART_ONLY = ("listen", "engine", "tls", "limits", "metrics_listen", "access_log", "reflection", "tracing")
 
 
+class Readiness:
+    """Whether the gateway serves: the one source of ``GET /healthz`` and ``/readyz``, on the HTTP door
+    and on the metrics listener (which reads it on its own thread: every fact is one assignment).
+
+    Ready once the plan's listeners are up, the rate-limit store has been connected to (warm_up),
+    every JWT issuer's keys are in, and until a drain begins. Upstream health is left out: one route's
+    upstream being down does not make the others' calls fail.
+    """
+
+    def __init__(self, token_keys: TokenKeys) -> None:
+        self.listening = False
+        self.store_ready = False
+        self.draining = False
+        self.token_keys = token_keys  # the running plan's
+
+    def not_ready(self) -> dict[str, str]:
+        """What is not ready yet, and why; empty when the gateway is ready."""
+        waiting: dict[str, str] = {}
+        if not self.listening:
+            waiting["plan"] = "starting"
+        if not self.store_ready:
+            waiting["rate_limit_store"] = "connecting"
+        issuers = [key_set.issuer for key_set in self.token_keys.sets if not key_set.ready.done()]
+        if issuers:
+            waiting["jwks"] = "no keys yet from " + ", ".join(issuers)
+        if self.draining:
+            waiting["draining"] = "shutting down"
+        return waiting
+
+    def probe(self, path: str) -> tuple[int, bytes]:
+        """The HTTP status and JSON body of ``GET /healthz`` (alive) or ``GET /readyz``."""
+        if path == "/healthz":
+            return 200, b'{"status": "alive"}'
+        waiting = self.not_ready()
+        if not waiting:
+            return 200, b'{"status": "ready"}'
+        return 503, json.dumps({"status": "not ready", "not_ready": waiting}).encode()
+
+
 class Gateway:
     """A configured gateway: its engine, its own services and the health checks of its upstreams.
 
@@ -39,6 +82,9 @@ class Gateway:
 
     def __init__(self, plan: Plan, reuse_port: bool = False) -> None:
         self.plan = plan
+        self.readiness = Readiness(plan.token_keys)
+        # Every door's calls read it (Call.peer()); one setting per process.
+        forwarded.trust(plan.config.trusted_proxies)
         self._own = OwnServices(plan.config, plan.routes)
         self._engine = engine_named(plan.config.engine)(plan, self._own, reuse_port)
         self._http: HttpListener | None = None
@@ -46,7 +92,7 @@ class Gateway:
             # The HTTP doors, uvicorn with them, are imported only by a gateway that opens one.
             from gateway.doors.http.listener import HttpListener
 
-            self._http = HttpListener(plan, reuse_port)
+            self._http = HttpListener(plan, reuse_port, self.readiness.probe)
         self._monitor, self._upstreams = self._health_monitor(plan)
         self._monitoring: asyncio.Task[None] | None = None
         self._retired = Retired()
@@ -80,9 +126,11 @@ class Gateway:
         # grpc's health service starts out SERVING: not until the gateway is ready.
         await self._own.set_health("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.plan.policy.warm_up()
+        self.readiness.store_ready = True
         await self._engine.start()
         if self._http is not None:
             await self._http.start()
+        self.readiness.listening = True
         # Each route's status first: once the gateway says SERVING, every route's status is known.
         await self._monitor.check_all()
         await self._await_token_keys(self.plan, None)
@@ -104,6 +152,8 @@ class Gateway:
         await self._await_token_keys(plan, RELOAD_KEYS_WAIT)
         previous, previous_upstreams = self.plan, self._upstreams
         self._engine.swap(plan)
+        forwarded.trust(plan.config.trusted_proxies)
+        self.readiness.token_keys = plan.token_keys
         previous.token_keys.retire(plan.token_keys)
         if self._http is not None:
             previous_door = self._http.swap(plan)
@@ -121,6 +171,7 @@ class Gateway:
 
     async def stop(self, grace: float) -> None:
         """Turn health to NOT_SERVING, stop accepting calls, let in-flight calls finish within ``grace``."""
+        self.readiness.draining = True
         await self._own.enter_graceful_shutdown()
         if self._monitoring is not None:
             self._monitoring.cancel()
@@ -146,6 +197,31 @@ class Gateway:
             log.warning("serving without the keys of JWT issuers yet", extra={"issuers": missing})
 
 
+def raise_open_file_limit() -> None:
+    """Raise the soft limit on open files to the hard limit, and log both in one line.
+
+    Many systems start a process with a soft limit of 1,024 while allowing far more: every HTTP
+    connection, gRPC connection and upstream channel takes a descriptor, and with none left the
+    HTTP door's accepts fail with no reply at all.
+    """
+    was, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, error = was, None
+    if was != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            error = str(exc)
+    fields: dict[str, object] = {"soft": _limit(soft), "hard": _limit(hard), "soft_was": _limit(was)}
+    if error is not None:
+        fields["error"] = error
+    log.info("open-file limit", extra=fields)
+
+
+def _limit(value: int) -> int | str:
+    return "unlimited" if value == resource.RLIM_INFINITY else value
+
+
 def _with_port(address: str, port: int) -> str:
     """``address`` with the port it was given (``127.0.0.1:0`` listens on some free port)."""
     host, _ = parse_host_port(address)
@@ -154,6 +230,7 @@ def _with_port(address: str, port: int) -> str:
 
 async def serve(plan: Plan, reload: Reloader, reuse_port: bool = False) -> int:
     """Run the gateway until SIGTERM or SIGINT; SIGHUP reloads the config through ``reload``."""
+    raise_open_file_limit()
     gateway = Gateway(plan, reuse_port)
     started = asyncio.Event()
 
@@ -181,6 +258,7 @@ async def serve(plan: Plan, reload: Reloader, reuse_port: bool = False) -> int:
     await asyncio.sleep(0)  # lets it install its handlers
     metrics_server = plan.observability.metrics_server
     if metrics_server is not None:
+        metrics_server.probes = gateway.readiness.probe
         metrics_server.start()
     config = plan.config
     starting = asyncio.ensure_future(gateway.start())

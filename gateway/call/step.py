@@ -26,6 +26,8 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from gateway.call import forwarded
+
 Metadata = tuple[tuple[str, str | bytes], ...]
 
 
@@ -44,6 +46,7 @@ class Call:
     """
 
     __slots__ = (
+        "_client_peer",
         "_message",
         "_peer",
         "_request_type",
@@ -80,6 +83,7 @@ class Call:
         self.method = method
         self.metadata = metadata
         self._peer = peer
+        self._client_peer: str | None = None  # the peer behind a trusted proxy, once looked up
         self.request_id = request_id
         self._request_type = request_type
         self.first: bytes | None = None  # the raw (first) request, when a step reads it
@@ -103,8 +107,17 @@ class Call:
         self.trace: Any = None  # the call's spans, while tracing is on
 
     def peer(self) -> str:
-        """The caller's address as grpc writes it (``ipv4:127.0.0.1:5555``); looked up only when asked."""
-        return self._peer()
+        """The caller's address as grpc writes it (``ipv4:127.0.0.1:5555``); looked up only when asked.
+
+        From a trusted proxy (``trusted_proxies``), the client it names in ``x-forwarded-for`` or
+        ``forwarded`` metadata instead (``ipv4:203.0.113.7``): see gateway/call/forwarded.py.
+        """
+        proxies = forwarded.trusted()
+        if proxies is None:
+            return self._peer()
+        if self._client_peer is None:
+            self._client_peer = proxies.client(self._peer(), self.metadata)
+        return self._client_peer
 
     def header(self, name: str) -> str | bytes | None:
         """The first value of metadata ``name`` (lower case), or None."""

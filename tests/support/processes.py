@@ -71,13 +71,15 @@ def running(
     env: dict[str, str] | None = None,
     credentials: grpc.ChannelCredentials | None = None,
     metadata: tuple[tuple[str, str], ...] = (),
+    prefix: tuple[str, ...] = (),
 ) -> Iterator[subprocess.Popen[str]]:
     """Run ``python *args`` until its gRPC health check on 127.0.0.1:``port`` says SERVING; yield it.
 
     The health check goes over TLS with ``credentials`` (plaintext without), sending ``metadata``.
     ``env`` adds to (and overrides) this process's environment. stdout and stderr go to temporary
     files, so a chatty process never blocks on a full pipe. On exit the process gets SIGTERM, and
-    SIGKILL if it is still running 5 s later.
+    SIGKILL if it is still running 5 s later. ``prefix`` runs python through a program that execs it
+    (``("prlimit", "--nofile=256:256")``).
 
     Raises:
         RuntimeError: the process exited or did not serve within ``timeout`` seconds; the message
@@ -87,7 +89,7 @@ def running(
         args = [*args, "--engine", _gateway_engine]
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(
-            [sys.executable, *args],
+            [*prefix, sys.executable, *args],
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,

@@ -55,6 +55,9 @@ _REPLY_HEADERS = (
     "x-ratelimit-reset",
     "www-authenticate",
 )
+# GET /healthz and /readyz: answered by the gateway's readiness (gateway/app.py) with (status, JSON body).
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+Probes = Callable[[str], tuple[int, bytes]]
 
 
 @dataclass(frozen=True)
@@ -123,8 +126,9 @@ def _gateway_headers(metadata: Metadata) -> list[tuple[bytes, bytes]]:
 class HttpDoor:
     """The ASGI app. ``plan`` is swapped whole on a reload; a request in flight keeps its own."""
 
-    def __init__(self, plan: DoorPlan) -> None:
+    def __init__(self, plan: DoorPlan, probes: Probes | None = None) -> None:
         self.plan = plan
+        self.probes = probes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -136,7 +140,12 @@ class HttpDoor:
         if verb == "GET" and (path == "/openapi.json" or is_docs(path)):
             await _send_document(send, path, plan.openapi)
             return
+        if path in PROBE_PATHS and verb in ("GET", "HEAD") and self.probes is not None:
+            status, body = self.probes(path)  # no credentials: load balancers and kubelets have none
+            await _send_probe(send, status, body)
+            return
         request_id = ""
+        metadata: Metadata = ()
         try:
             metadata, timeout = request_metadata(scope["headers"], plan.max_header_bytes)
             request_id = request_id_of(metadata)
@@ -166,7 +175,8 @@ class HttpDoor:
                 plan.pool,
                 refused.headers,
             )
-            facts = Call("http", path[:200], (), peer_of(scope), request_id or request_id_of(()))
+            facts = Call("http", path[:200], metadata, peer_of(scope), request_id or request_id_of(()))
+            facts.trace = (scope, None, refused.http_status)  # for its span (gateway/ops/tracing.py)
             observer.ended(facts, refused.code, started)
             return
         await _Exchange(plan, matched, scope, metadata, request_id, timeout, body, send, receive).run()
@@ -198,6 +208,7 @@ class _Exchange(Observed):
         route = self.binding.route
         self.chain: MethodChain = plan.chain.of(route.path)
         self.facts = Call("http", route.path, metadata, peer_of(scope), request_id, route.request_type)
+        self.facts.trace = (scope, self.binding.template.text, None)  # for its span (gateway/ops/tracing.py)
         self.code = grpc.StatusCode.OK
 
     async def _run(self) -> None:
@@ -360,6 +371,16 @@ async def _send_document(send: Send, path: str, openapi: bytes) -> None:
     content_type, body = (JSON, openapi) if path == "/openapi.json" else asset(path)
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_probe(send: Send, status: int, body: bytes) -> None:
+    headers = [
+        (b"content-type", JSON),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

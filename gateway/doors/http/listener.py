@@ -2,6 +2,7 @@
 
 The socket is the gateway's own, so that ``--workers`` can share the port (SO_REUSEPORT) and a
 bind failure is the same clear error as the gRPC door's; TLS comes from the same ``[tls]`` files.
+Its connections are uvicorn's with a header timer and a cap on their number (connections.py).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import ssl
 
 import uvicorn
 
-from gateway.config.schema import ServerTls
+from gateway.config.schema import Http, ServerTls
+from gateway.doors.http.connections import Shedding, max_connections, protocol_class
 from gateway.doors.http.cors import Cors, CorsPolicy
-from gateway.doors.http.door import DoorPlan, HttpDoor
+from gateway.doors.http.door import DoorPlan, HttpDoor, Probes
 from gateway.doors.http.grpcweb import GrpcWebDoor
 from gateway.doors.http.openapi import openapi_document
 from gateway.plan import Plan
@@ -59,21 +61,25 @@ def _socket(address: str, reuse_port: bool) -> socket.socket:
 
 
 class HttpListener:
-    """Serves the door on ``address`` until stopped; ``swap`` takes a new plan."""
+    """Serves the door on ``address`` until stopped; ``swap`` takes a new plan.
 
-    def __init__(self, plan: Plan, reuse_port: bool) -> None:
+    ``probes`` answers ``GET /healthz`` and ``/readyz`` (see gateway/app.py).
+    """
+
+    def __init__(self, plan: Plan, reuse_port: bool, probes: Probes | None = None) -> None:
         config = plan.config
         address = config.http.listen
         if address is None:
             raise RuntimeError("HttpListener needs [http] listen")
-        self.door = HttpDoor(door_plan(plan))
+        self.door = HttpDoor(door_plan(plan), probes)
         # CORS in front of everything; gRPC-Web calls taken before the JSON routes.
         self._app = Cors(GrpcWebDoor(self.door), CorsPolicy.of(config.http.cors))
         self._socket = _socket(address, reuse_port)
         self.port: int = self._socket.getsockname()[1]
-        self._server = uvicorn.Server(self._config(config.tls, config.shutdown_grace))
+        self._shedding = Shedding(config.http.header_timeout, max_connections(config.http.max_connections))
+        self._server = uvicorn.Server(self._config(config.tls, config.shutdown_grace, config.http))
 
-    def _config(self, tls: ServerTls | None, grace: float) -> uvicorn.Config:
+    def _config(self, tls: ServerTls | None, grace: float, http: Http) -> uvicorn.Config:
         options: dict[str, object] = {}
         if tls is not None:
             options = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
@@ -81,7 +87,7 @@ class HttpListener:
                 options.update(ssl_ca_certs=str(tls.client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
         config = uvicorn.Config(
             self._app,
-            http="httptools",
+            http=protocol_class(self._shedding),  # httptools, with the header timer and the cap
             loop="none",  # the gateway's loop (uvloop) is already running
             lifespan="off",
             ws="none",
@@ -92,6 +98,7 @@ class HttpListener:
             date_header=False,
             proxy_headers=False,
             timeout_graceful_shutdown=int(grace) + 1,
+            timeout_keep_alive=http.idle_timeout,  # type: ignore[arg-type]  # a float works: call_later's
             **options,  # type: ignore[arg-type]
         )
         config.load()
@@ -105,7 +112,11 @@ class HttpListener:
     def swap(self, plan: Plan) -> DoorPlan:
         """Serve new requests by ``plan``; the previous door plan is returned, to close later."""
         previous, self.door.plan = self.door.plan, door_plan(plan)
-        self._app.policy = CorsPolicy.of(plan.config.http.cors)
+        http = plan.config.http
+        self._app.policy = CorsPolicy.of(http.cors)
+        # Taken by each connection's next timer and by new connections; running timers keep theirs.
+        self._shedding.limit(http.header_timeout, max_connections(http.max_connections))
+        self._server.config.timeout_keep_alive = http.idle_timeout  # type: ignore[assignment]
         return previous
 
     async def stop(self) -> None:
