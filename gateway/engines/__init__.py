@@ -11,6 +11,10 @@ def engine_named(name: str) -> type[Engine]:
         from gateway.engines.aio.engine import AioEngine
 
         return AioEngine
+    if name == "native":
+        from gateway.engines.native.engine import NativeEngine
+
+        return NativeEngine
     from gateway.engines.core.engine import CoreEngine
 
     return CoreEngine

@@ -146,3 +146,26 @@ def open_channel(
     if transport is None:
         return api.insecure_channel(address, options=list(options) or None)
     return api.secure_channel(address, transport.credentials, options=[*options, *transport.options] or None)
+
+
+# The same checked files as PEM bytes, for the native data plane (rustls takes PEM, not grpc's objects).
+ServerPems = tuple[bytes, bytes, bytes | None]  # certificate chain, private key, client CA (None: no mTLS)
+UpstreamPems = tuple[bytes | None, bytes | None, bytes | None, str]  # CA, client chain, client key, name
+
+
+def server_pems(tls: ServerTls | None) -> ServerPems | None:
+    """The listener's certificate chain, key and client CA (None: plaintext)."""
+    if tls is None:
+        return None
+    private_key, chain = _key_pair(tls.cert, tls.key, "tls")
+    client_ca = None if tls.client_ca is None else _certificates(tls.client_ca, "tls.client_ca")
+    return chain, private_key, client_ca
+
+
+def upstream_pems(tls: UpstreamTls, field: str) -> UpstreamPems:
+    """The CA to trust (None: the system's), the gateway's client chain and key, and the server name."""
+    ca = None if tls.ca is None else _certificates(tls.ca, f"{field}.ca")
+    private_key = chain = None
+    if tls.cert is not None and tls.key is not None:
+        private_key, chain = _key_pair(tls.cert, tls.key, field)
+    return ca, chain, private_key, tls.server_name

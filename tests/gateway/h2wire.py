@@ -7,6 +7,7 @@ cut short. Every exchange is bounded by a timeout and talks only to loopback.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
@@ -117,7 +118,9 @@ def exchange(
         connection.send_headers(stream, headers, end_stream=end_stream and not body)
         if body:
             connection.send_data(stream, body, end_stream=end_stream)
-        sock.sendall(connection.data_to_send())
+        # A server may refuse the headers and close before the body is all sent: its GOAWAY is read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(connection.data_to_send())
         if disconnect:
             return reply
         _read(sock, connection, deadline, reply, lambda event: _record(event, stream, reply))
@@ -163,7 +166,9 @@ def send_raw(port: int, payload: bytes, timeout: float = 3.0) -> bytes:
 def flood(port: int, frames: int, *, headers: Headers | None = None, timeout: float = 3.0) -> Reply:
     """On one connection, ``frames`` streams opened with ``headers`` and reset at once (the HTTP/2
     "rapid reset" attack), or without ``headers`` ``frames`` PINGs; then read until the server
-    closes or goes quiet. The reply holds a GOAWAY's code, if the server sent one."""
+    closes or goes quiet. The reply holds a GOAWAY's code, if the server sent one. A server that
+    closes the connection before the flood is all sent has defended itself: the GOAWAY it sent
+    first, if any, is still read."""
     connection = _connection()
     reply = Reply()
     with connect(port, timeout=timeout) as sock:
@@ -175,7 +180,8 @@ def flood(port: int, frames: int, *, headers: Headers | None = None, timeout: fl
                 stream = connection.get_next_available_stream_id()
                 connection.send_headers(stream, headers)
                 connection.reset_stream(stream)
-        sock.sendall(connection.data_to_send())
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(connection.data_to_send())
         sock.settimeout(0.5)
         deadline = time.monotonic() + timeout
         _read(sock, connection, deadline, reply, lambda event: _goaway(event, reply))

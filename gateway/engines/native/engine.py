@@ -1,0 +1,127 @@
+"""The native engine: the gRPC door carried by the native data plane (Rust: tokio, hyper, rustls), every
+call decided and observed in Python on one thread of its own (``decider.py``).
+
+The gateway's own health and reflection stay on a grpc.aio server on a private unix socket, which the
+native side reaches as one more upstream ("local"), as every other call: decided by the same chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import threading
+from typing import TYPE_CHECKING
+
+import grpc
+from gateway_native import Server
+
+from gateway.engines.base import Retired
+from gateway.engines.native.decider import Decider
+from gateway.ops.own_services import OwnServices
+from gateway.plan import Plan
+from gateway.routing.tls import server_pems, upstream_pems
+from runtime.addresses import parse_host_port
+from runtime.serving import cannot_listen
+
+if TYPE_CHECKING:  # type aliases of the module's stub only
+    from gateway_native import Method, Upstream
+
+# The upstream name of the gateway's own services (health, reflection) in the native plan.
+LOCAL = "local"
+# How long a connection may stay open without a call, and may take to send its first headers.
+IDLE_SECONDS = 300.0
+HEADER_SECONDS = 10.0
+# Streams one client connection may have open at once.
+MAX_STREAMS = 1000
+
+
+class NativeEngine:
+    """Build inside the running event loop."""
+
+    def __init__(self, plan: Plan, own: OwnServices, reuse_port: bool) -> None:
+        self.plan = plan
+        self.port = 0
+        config = plan.config
+        self._local = grpc.aio.server()
+        own.register(self._local)
+        # A folder of this process's own (mode 0700): no other user can reach the socket.
+        self._folder = tempfile.mkdtemp(prefix="grpc-gateway-")
+        self._local_target = f"unix:{self._folder}/local.sock"
+        host, port = parse_host_port(config.listen)
+        self._server = Server(
+            host,
+            port,
+            reuse_port=reuse_port,
+            io_threads=1,
+            tls=server_pems(config.tls),
+            max_concurrent_streams=MAX_STREAMS,
+            max_message_bytes=config.limits.max_message_bytes,
+            max_metadata_bytes=config.limits.max_metadata_bytes,
+            idle_timeout=IDLE_SECONDS,
+            header_timeout=HEADER_SECONDS,
+        )
+        self._decider: Decider | None = None
+        self._thread: threading.Thread | None = None
+        self._retired = Retired()
+
+    def _set_plan(self, plan: Plan) -> None:
+        config = plan.config
+        chain = plan.chain
+        methods: dict[str, Method] = {
+            path: (
+                route.upstream,
+                route.service,
+                route.client_streaming,
+                route.server_streaming,
+                chain.methods[path].reads_request,
+                route.default_timeout,
+            )
+            for path, route in plan.routes.methods.items()
+        }
+        for path, own in plan.own.items():
+            methods[path] = (LOCAL, own.service, own.client_streaming, own.server_streaming, False, None)
+        upstreams: dict[str, Upstream] = {LOCAL: ([self._local_target], None)}
+        for index, route in enumerate(config.routes):
+            tls = None if route.tls is None else upstream_pems(route.tls, f"routes[{index}].tls")
+            upstreams[route.upstream] = (list(route.upstreams), tls)
+        keepalive = config.upstream_keepalive
+        reconnect = config.upstream_reconnect
+        self._server.set_plan(
+            methods,
+            upstreams,
+            (keepalive.time, keepalive.timeout, keepalive.without_calls),
+            (reconnect.initial, reconnect.max),
+        )
+
+    async def start(self) -> None:
+        self._local.add_insecure_port(self._local_target)
+        await self._local.start()
+        try:
+            self.port = self._server.start()
+        except OSError as error:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            raise cannot_listen(self.plan.config.listen) from error
+        self._set_plan(self.plan)
+        self._decider = Decider(self._server, self.plan.chain, self.tick)
+        self._thread = threading.Thread(target=self._decider.run, name="gateway-decider", daemon=True)
+        self._thread.start()
+
+    def swap(self, plan: Plan) -> None:
+        if self._decider is None:
+            raise RuntimeError("NativeEngine.start() comes before swap()")
+        self._decider.chain = plan.chain
+        self._set_plan(plan)
+        self.plan = plan
+
+    def tick(self) -> None:
+        """On the decider's thread, where memory-storage decisions run too."""
+        self.plan.tick()
+
+    async def stop(self, grace: float) -> None:
+        self._server.drain()
+        await asyncio.to_thread(self._server.stop, grace)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        await self._local.stop(0)
+        shutil.rmtree(self._folder, ignore_errors=True)

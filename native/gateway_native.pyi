@@ -1,0 +1,73 @@
+"""The gateway's native engine: a gRPC (HTTP/2) server in Rust that forwards every call as bytes to upstream
+gRPC servers, asking Python once per call (through ``Server.next_batch``) whether to admit it."""
+
+from typing import final
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+Method = tuple[str, str, bool, bool, bool, float | None]
+"""(upstream name, service name, client_streaming, server_streaming, reads_request, default timeout)"""
+
+Upstream = tuple[list[str], tuple[bytes | None, bytes | None, bytes | None, str] | None]
+"""(addresses "host:port" or "unix:/path", TLS or None: (CA PEM or None, client cert PEM, client key PEM,
+server name, "" = the address's host))"""
+
+@final
+class Server:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool,
+        io_threads: int,
+        tls: tuple[bytes, bytes, bytes | None] | None,
+        max_concurrent_streams: int,
+        max_message_bytes: int,
+        max_metadata_bytes: int,
+        idle_timeout: float,
+        header_timeout: float,
+    ) -> None: ...
+    def start(self) -> int: ...
+    def set_plan(
+        self,
+        methods: dict[str, Method],
+        upstreams: dict[str, Upstream],
+        keepalive: tuple[float, float, bool],
+        reconnect: tuple[float, float],
+    ) -> None: ...
+    def next_batch(self, wait: float | None = None) -> list[Arrival | Ending] | None: ...
+    def drain(self) -> None: ...
+    def stop(self, grace: float) -> None: ...
+    @property
+    def active_calls(self) -> int: ...
+
+@final
+class Arrival:
+    @property
+    def method(self) -> str: ...
+    @property
+    def metadata(self) -> Metadata: ...
+    @property
+    def peer(self) -> str: ...
+    @property
+    def first(self) -> bytes | None: ...
+    @property
+    def timeout(self) -> float | None: ...
+    def admit(self, token: object, upstream_metadata: Metadata, reply_headers: Metadata) -> None: ...
+    def refuse(
+        self, token: object, code: int, message: str, headers: Metadata, trailers: Metadata
+    ) -> None: ...
+
+@final
+class Ending:
+    @property
+    def token(self) -> object: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def code(self) -> int: ...
+    @property
+    def received(self) -> int: ...
+    @property
+    def sent(self) -> int: ...
