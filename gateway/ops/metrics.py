@@ -105,7 +105,8 @@ class MethodMetrics:
         self._latency.observe(seconds)
         # A unary side carries one message: the request once it arrived (read for a step, or counted
         # by a door that counts every message), the reply once OK.
-        received = call.received if self._requests_stream else int(call.first is not None or call.received > 0)
+        arrived = call.first is not None or call.received > 0
+        received = call.received if self._requests_stream else int(arrived)
         sent = call.sent if self._replies_stream else int(code is grpc.StatusCode.OK)
         self.server.handled(code, seconds, received, sent)
         if self.client is not None and call.upstream_started:

@@ -104,7 +104,7 @@ def case(
 
     def register(probe: Probe) -> Probe:
         assert name not in CASES, name
-        CASES[name] = Case(probe, status, message, known_bug, core, also, native)
+        CASES[name] = Case(probe, status, message, known_bug, core=core, native=native, also=also)
         return probe
 
     return register
