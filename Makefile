@@ -72,6 +72,7 @@ run: install
 test: install
 	rm -f $(VENV)/skipped.txt
 	status=0; \
+	(cd native && cargo test --locked --quiet) || status=$$?; \
 	GATEWAY_TEST_SKIPS=$(VENV)/skipped.txt $(BIN)/python -m pytest || status=$$?; \
 	GATEWAY_TEST_SKIPS=$(VENV)/skipped.txt $(BIN)/python -m pytest tests/gateway --gateway-engine aio || status=$$?; \
 	$(BIN)/python -m tests.support.skips $(VENV)/skipped.txt; \
@@ -83,6 +84,9 @@ lint: install
 	$(BIN)/mypy
 	# The import contract: layers, engines apart, cygrpc in the core engine only, no cycles (pyproject.toml).
 	$(BIN)/lint-imports --no-cache
+	# The native data plane: formatted, and clippy-clean with every warning an error.
+	cd native && cargo fmt --check
+	cd native && cargo clippy --locked --all-targets -- -D warnings
 
 # The gateway against a direct call and the reference yardstick (README, "Performance"); under 5 minutes.
 # Options go in BENCH_ARGS, e.g. `make bench BENCH_ARGS=--quick` for a smoke run of a few seconds.
