@@ -5,8 +5,17 @@ from typing import final
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 
-Method = tuple[str, str, bool, bool, bool, float | None]
-"""(upstream name, service name, client_streaming, server_streaming, reads_request, default timeout)"""
+Retry = tuple[int, float, float, float]
+"""(max_attempts, initial backoff s, max backoff s, backoff multiplier): grpc's retryPolicy. Attempts that
+fail UNAVAILABLE before any response header are tried again (at most 5 attempts in all)."""
+
+Method = (
+    tuple[str, str, bool, bool, bool, float | None, Retry | None]
+    | tuple[str, str, bool, bool, bool, float | None]
+)
+"""(upstream name, service name, client_streaming, server_streaming, reads_request, default timeout, retry
+policy or None); the 6 fields without the retry policy are taken as None. A retry policy applies to
+unary-unary methods only (ignored on the others)."""
 
 Upstream = tuple[list[str], tuple[bytes | None, bytes | None, bytes | None, str] | None]
 """(addresses "host:port" or "unix:/path", TLS or None: (CA PEM or None, client cert PEM, client key PEM,
@@ -51,13 +60,17 @@ class Arrival:
     @property
     def peer(self) -> str: ...
     @property
-    def first(self) -> bytes | None: ...
+    def first(self) -> bytes | None:
+        """The first request message, inflated per the call's grpc-encoding; None when the method does not
+        read its request or the call ended before a whole message."""
     @property
     def timeout(self) -> float | None: ...
-    def admit(self, token: object, upstream_metadata: Metadata, reply_headers: Metadata) -> None: ...
-    def refuse(
-        self, token: object, code: int, message: str, headers: Metadata, trailers: Metadata
-    ) -> None: ...
+    def admit(self, token: object, upstream_metadata: Metadata, reply_headers: Metadata) -> None:
+        """Forwards the call; ``reply_headers`` go back in the initial metadata, of the upstream's reply or of
+        the gateway's own error."""
+    def refuse(self, token: object, code: int, message: str, headers: Metadata, trailers: Metadata) -> None:
+        """Answers the call without forwarding it: ``headers`` as initial metadata then a trailers frame
+        (status, ``trailers``); trailers-only when ``headers`` is empty."""
 
 @final
 class Ending:

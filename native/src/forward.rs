@@ -20,12 +20,15 @@ use pyo3::{Py, PyAny};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::{sleep_until, Instant, Sleep};
 
+use crate::compression;
 use crate::decider::{ArrivalEvent, EndingEvent, Event, Headers, Queue, Verdict};
 use crate::framing::{prefix_length, FrameCounter, TooLarge, PREFIX_LEN};
-use crate::metadata;
+use crate::metadata::{self, Value};
 use crate::plan::{Plan, Route};
+use crate::retry::{self, Backoff, Pushback, RetryPolicy};
 use crate::status::{self, Status};
-use crate::timeout::{encode_grpc_timeout, parse_grpc_timeout};
+use crate::timeout::{caller_timeout, encode_grpc_timeout};
+use crate::upstream::Pool;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -36,6 +39,8 @@ pub const NO_DECISION: &str = "the gateway failed to decide on this call";
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 static GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
 static GRPC_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-encoding");
+static GRPC_PREVIOUS_RPC_ATTEMPTS: HeaderName =
+    HeaderName::from_static("grpc-previous-rpc-attempts");
 static APPLICATION_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
 static TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 
@@ -46,16 +51,18 @@ pub struct Shared {
     pub draining: AtomicBool,
     pub active: AtomicUsize,
     pub max_message_bytes: u64,
+    pub max_metadata_bytes: u64,
 }
 
 impl Shared {
-    pub fn new(max_message_bytes: u64) -> Shared {
+    pub fn new(max_message_bytes: u64, max_metadata_bytes: u64) -> Shared {
         Shared {
             queue: Queue::default(),
             plan: RwLock::new(Arc::new(Plan::default())),
             draining: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             max_message_bytes,
+            max_metadata_bytes,
         }
     }
 
@@ -228,6 +235,18 @@ fn cancelled_error() -> BoxError {
 }
 
 impl UpstreamBody {
+    /// A whole request, already checked and counted: one attempt of a call that may be retried.
+    fn whole(request: Bytes) -> UpstreamBody {
+        UpstreamBody {
+            first: (!request.is_empty()).then_some(request),
+            caller: None,
+            counter: FrameCounter::new(None),
+            received: Arc::new(AtomicU64::new(0)),
+            abort: None,
+            cancel: None,
+        }
+    }
+
     fn count(&mut self, data: &[u8]) -> Result<(), BoxError> {
         match self.counter.feed(data) {
             Ok(complete) => {
@@ -299,11 +318,13 @@ impl Body for UpstreamBody {
     }
 }
 
-/// The body of the response to the caller: nothing (trailers-only), or the upstream's body streamed with
-/// its messages counted, ended by the upstream's trailers or by trailers the gateway writes (deadline,
-/// request too large, upstream reset).
+/// The body of the response to the caller: nothing (trailers-only), trailers alone (an answer with no
+/// message after its headers), or the upstream's body streamed with its messages counted, ended by the
+/// upstream's trailers or by trailers the gateway writes (deadline, request too large, upstream reset).
 pub struct CallBody {
     upstream: Option<Incoming>,
+    /// Trailers to send next, ending the response.
+    trailers: Option<HeaderMap>,
     deadline: Option<Pin<Box<Sleep>>>,
     abort: AbortSignal,
     counter: FrameCounter,
@@ -316,12 +337,22 @@ impl CallBody {
     fn finished(guard: CallGuard) -> CallBody {
         CallBody {
             upstream: None,
+            trailers: None,
             deadline: None,
             abort: AbortSignal(None),
             counter: FrameCounter::new(None),
             label: String::new(),
             guard,
             done: true,
+        }
+    }
+
+    /// No message, only `trailers` after the response headers.
+    fn trailers_only_after_headers(guard: CallGuard, trailers: HeaderMap) -> CallBody {
+        CallBody {
+            trailers: Some(trailers),
+            done: false,
+            ..CallBody::finished(guard)
         }
     }
 
@@ -346,6 +377,10 @@ impl Body for CallBody {
         let this = self.get_mut();
         if this.done {
             return Poll::Ready(None);
+        }
+        if let Some(trailers) = this.trailers.take() {
+            this.done = true;
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         if let Poll::Ready(status) = this.abort.poll_abort(cx) {
             return Poll::Ready(Some(Ok(this.end_with(status))));
@@ -450,8 +485,10 @@ pub fn classify(error: &(dyn StdError + 'static), label: &str) -> Status {
     )
 }
 
-/// A trailers-only answer: `http` status, content-type, grpc-status, grpc-message, then `headers` and
-/// `trailers`, all in one HEADERS frame with END_STREAM.
+/// The gateway's own answer, with no message. With `headers`: HEADERS (`http` status, content-type,
+/// `headers`), then a trailers frame (grpc-status, grpc-message, `trailers`), because grpc clients read the
+/// headers of a trailers-only reply as trailing metadata and callers look for the gateway's reply headers
+/// (x-request-id) in the initial metadata. Without: trailers-only, all in one HEADERS frame.
 fn answer(
     mut guard: CallGuard,
     http: StatusCode,
@@ -461,13 +498,22 @@ fn answer(
 ) -> Response<CallBody> {
     guard.code = Some(status.code);
     guard.cancel_request();
-    let mut response = Response::new(CallBody::finished(guard));
+    if headers.is_empty() {
+        let mut response = Response::new(CallBody::finished(guard));
+        *response.status_mut() = http;
+        let map = response.headers_mut();
+        map.insert(CONTENT_TYPE, APPLICATION_GRPC.clone());
+        status.write_to(map);
+        metadata::append_all(map, trailers);
+        return response;
+    }
+    let mut tail = status.to_headers();
+    metadata::append_all(&mut tail, trailers);
+    let mut response = Response::new(CallBody::trailers_only_after_headers(guard, tail));
     *response.status_mut() = http;
     let map = response.headers_mut();
     map.insert(CONTENT_TYPE, APPLICATION_GRPC.clone());
-    status.write_to(map);
     metadata::append_all(map, headers);
-    metadata::append_all(map, trailers);
     response
 }
 
@@ -475,10 +521,36 @@ fn refuse(guard: CallGuard, status: Status) -> Response<CallBody> {
     answer(guard, StatusCode::OK, status, &[], &[])
 }
 
+/// The caller's metadata as Python sees it, and its timeout.
+pub type CallerHeaders = (Vec<(String, Value)>, Option<Duration>);
+
+/// What a caller's headers must pass before Python is asked: the metadata's size under the limit (as
+/// HTTP/2 counts it), a well-formed grpc-timeout (gRPC servers answer a malformed one with INTERNAL), base64
+/// in every `-bin` header.
+pub fn check_caller_headers(
+    headers: &HeaderMap,
+    max_metadata_bytes: u64,
+) -> Result<CallerHeaders, Status> {
+    let size = metadata::header_list_size(headers);
+    if size > max_metadata_bytes {
+        return Err(Status::new(
+            status::RESOURCE_EXHAUSTED,
+            metadata::too_large_message(size, max_metadata_bytes),
+        ));
+    }
+    let timeout = caller_timeout(headers.get(&GRPC_TIMEOUT).map(HeaderValue::as_bytes))
+        .map_err(|message| Status::new(status::INTERNAL, message))?;
+    let metadata = metadata::from_headers(headers)
+        .map_err(|message| Status::new(status::INVALID_ARGUMENT, message))?;
+    Ok((metadata, timeout))
+}
+
 /// The bytes read up to the end of the first whole message.
 struct FirstRead {
     buffered: Bytes,
     payload: Option<Bytes>,
+    /// The first message's compressed flag.
+    compressed: bool,
     ended: bool,
 }
 
@@ -518,6 +590,7 @@ async fn read_first(body: &mut Incoming, limit: u64) -> Result<FirstRead, FirstE
         (buffered.len() >= end).then(|| buffered.slice(PREFIX_LEN..end))
     });
     Ok(FirstRead {
+        compressed: buffered.first().is_some_and(|flag| *flag != 0),
         buffered,
         payload,
         ended,
@@ -560,15 +633,16 @@ pub async fn handle(
             );
         }
     };
+    let (metadata, caller_timeout) =
+        match check_caller_headers(request.headers(), shared.max_metadata_bytes) {
+            Ok(checked) => checked,
+            Err(status) => return refuse(guard, status),
+        };
     if shared.draining.load(Ordering::SeqCst) {
         return refuse(guard, Status::new(status::UNAVAILABLE, SHUTTING_DOWN));
     }
 
     let arrived = Instant::now();
-    let caller_timeout = request
-        .headers()
-        .get(&GRPC_TIMEOUT)
-        .and_then(|v| parse_grpc_timeout(v.as_bytes()));
     let plan = shared.plan();
     let route = plan.route(&method).cloned();
     let budget = caller_timeout.or_else(|| route.as_ref().and_then(|r| r.default_timeout));
@@ -578,7 +652,7 @@ pub async fn handle(
             Status::new(status::DEADLINE_EXCEEDED, DEADLINE_BEFORE_FORWARD),
         );
     }
-    let deadline = budget.map(|budget| arrived + budget);
+    let deadline = budget.and_then(|budget| arrived.checked_add(budget));
 
     let (parts, mut body) = request.into_parts();
     let reads_request = route.as_ref().is_some_and(|r| r.reads_request);
@@ -605,18 +679,40 @@ pub async fn handle(
         FirstRead {
             buffered: Bytes::new(),
             payload: None,
+            compressed: false,
             ended: false,
         }
+    };
+    // Python reads the message as the caller meant it; the upstream gets the bytes as they came.
+    let readable = match &first.payload {
+        None => None,
+        Some(payload) => match compression::readable(
+            first.compressed,
+            parts.headers.get(&GRPC_ENCODING).map(HeaderValue::as_bytes),
+            payload,
+            shared.max_message_bytes,
+        ) {
+            Ok(None) => Some(payload.clone()),
+            Ok(Some(inflated)) => Some(Bytes::from(inflated)),
+            Err(refusal) => {
+                return answer(guard, StatusCode::OK, refusal.status, &[], &refusal.headers)
+            }
+        },
     };
 
     let (reply, verdict) = oneshot::channel();
     let now = Instant::now();
     shared.queue.push(Event::Arrival(ArrivalEvent {
         method: method.clone(),
-        metadata: metadata::from_headers(&parts.headers),
+        metadata,
         peer: peer.to_string(),
-        first: first.payload.clone(),
-        timeout: caller_timeout.map(|t| (arrived + t).saturating_duration_since(now).as_secs_f64()),
+        first: readable,
+        timeout: caller_timeout.map(|t| {
+            arrived
+                .checked_add(t)
+                .map_or(t, |end| end.saturating_duration_since(now))
+                .as_secs_f64()
+        }),
         reply,
     }));
     let verdict = match until(deadline, verdict).await {
@@ -677,6 +773,10 @@ struct Caller {
     deadline: Option<Instant>,
 }
 
+fn deadline_status() -> Status {
+    Status::new(status::DEADLINE_EXCEEDED, "deadline exceeded")
+}
+
 async fn forward(
     guard: CallGuard,
     shared: &Shared,
@@ -686,35 +786,17 @@ async fn forward(
     upstream_metadata: Headers,
     reply_headers: Headers,
 ) -> Response<CallBody> {
-    let fail = |guard: CallGuard, status: Status| {
-        answer(guard, StatusCode::OK, status, &reply_headers, &[])
-    };
     let Some(route) = route else {
-        return fail(guard, Status::new(status::UNIMPLEMENTED, "unknown method"));
+        let status = Status::new(status::UNIMPLEMENTED, "unknown method");
+        return answer(guard, StatusCode::OK, status, &reply_headers, &[]);
     };
     let label = format!("upstream {} for {}", route.upstream, route.service);
     let Some(pool) = plan.pool(&route.upstream) else {
-        return fail(
-            guard,
-            Status::new(
-                status::UNAVAILABLE,
-                format!("{label} is unavailable: it is not in the plan"),
-            ),
+        let status = Status::new(
+            status::UNAVAILABLE,
+            format!("{label} is unavailable: it is not in the plan"),
         );
-    };
-    let deadline_status = || Status::new(status::DEADLINE_EXCEEDED, "deadline exceeded");
-    let picked = match until(caller.deadline, pool.pick()).await {
-        None => return fail(guard, deadline_status()),
-        Some(Err(reason)) => {
-            return fail(
-                guard,
-                Status::new(
-                    status::UNAVAILABLE,
-                    format!("{label} is unavailable: {reason}"),
-                ),
-            )
-        }
-        Some(Ok(picked)) => picked,
+        return answer(guard, StatusCode::OK, status, &reply_headers, &[]);
     };
 
     let Caller {
@@ -727,8 +809,8 @@ async fn forward(
     let path = parts
         .uri
         .path_and_query()
-        .map_or(parts.uri.path(), |p| p.as_str());
-    let uri = format!("{}://{}{}", picked.scheme, picked.authority, path);
+        .map_or(parts.uri.path(), |p| p.as_str())
+        .to_owned();
     let mut headers = HeaderMap::with_capacity(upstream_metadata.len() + 6);
     for (name, value) in upstream_metadata {
         if metadata::forwardable(&name) {
@@ -737,98 +819,419 @@ async fn forward(
     }
     headers.insert(CONTENT_TYPE, content_type);
     headers.insert(TE, TRAILERS.clone());
-    if let Some(deadline) = deadline {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return fail(guard, deadline_status());
-        }
-        if let Ok(value) = HeaderValue::from_str(&encode_grpc_timeout(left)) {
-            headers.insert(GRPC_TIMEOUT.clone(), value);
-        }
-    }
     for name in [&GRPC_ENCODING, &GRPC_ACCEPT_ENCODING] {
         for value in parts.headers.get_all(name) {
             headers.append(name.clone(), value.clone());
         }
     }
-
-    let mut guard = guard;
-    let (abort_tx, abort_rx) = oneshot::channel();
-    let (cancel_tx, cancel_rx) = oneshot::channel();
-    guard.cancel = Some(cancel_tx);
-    let upstream_body = UpstreamBody {
-        first: (!first.buffered.is_empty()).then_some(first.buffered),
-        caller: (!first.ended).then_some(body),
-        counter: FrameCounter::new(Some(shared.max_message_bytes)),
-        received: guard.received.clone(),
-        abort: Some(abort_tx),
-        cancel: Some(cancel_rx),
+    let forwarding = Forwarding {
+        pool,
+        label,
+        path,
+        headers,
+        deadline,
+        reply_headers,
+        max_message_bytes: shared.max_message_bytes,
     };
-    let mut request = Request::new(upstream_body);
-    *request.method_mut() = Method::POST;
-    *request.headers_mut() = headers;
-    match uri.parse() {
-        Ok(uri) => *request.uri_mut() = uri,
-        Err(_) => {
-            return fail(
-                guard,
-                Status::new(status::INTERNAL, format!("cannot forward to {uri:?}")),
-            )
+
+    let rest = (!first.ended).then_some(body);
+    let retry = route
+        .retry
+        .as_ref()
+        .filter(|_| !route.client_streaming && !route.server_streaming);
+    let Some(policy) = retry else {
+        return forwarding.once(guard, first.buffered, rest).await;
+    };
+    match until(
+        deadline,
+        buffer_request(first.buffered, rest, shared.max_message_bytes),
+    )
+    .await
+    {
+        None => forwarding.fail(guard, deadline_status()),
+        Some(Buffered::Whole(request, messages)) => {
+            guard.received.store(messages, Ordering::SeqCst);
+            forwarding.retrying(guard, policy, request).await
+        }
+        Some(Buffered::Partial(buffered, rest)) => {
+            forwarding.once(guard, buffered, Some(rest)).await
+        }
+        Some(Buffered::TooLarge(too_large)) => forwarding.fail(guard, too_large.request_status()),
+        Some(Buffered::CallerGone) => forwarding.fail(
+            guard,
+            Status::new(status::CANCELLED, "the caller cancelled the call"),
+        ),
+    }
+}
+
+/// A request read for retries.
+enum Buffered {
+    /// The whole request, and how many whole messages it holds.
+    Whole(Bytes, u64),
+    /// Longer than one message at the limit: what was read, and the rest still to come.
+    Partial(Bytes, Incoming),
+    TooLarge(TooLarge),
+    CallerGone,
+}
+
+/// The whole request of a call that may be retried: `read` (what was read already), then the rest of the
+/// body up to its end. A body longer than one message at the limit is not kept for retries (a unary call
+/// sends one message): it is forwarded as it comes.
+async fn buffer_request(read: Bytes, rest: Option<Incoming>, limit: u64) -> Buffered {
+    let mut counter = FrameCounter::new(Some(limit));
+    if let Err(too_large) = counter.feed(&read) {
+        return Buffered::TooLarge(too_large);
+    }
+    let Some(mut body) = rest else {
+        return Buffered::Whole(read, counter.complete());
+    };
+    let bound = limit.saturating_add(PREFIX_LEN as u64);
+    let mut buffer = BytesMut::from(&read[..]);
+    loop {
+        match body.frame().await {
+            None => return Buffered::Whole(buffer.freeze(), counter.complete()),
+            Some(Err(_)) => return Buffered::CallerGone,
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if let Err(too_large) = counter.feed(&data) {
+                    return Buffered::TooLarge(too_large);
+                }
+                buffer.extend_from_slice(&data);
+                if buffer.len() as u64 > bound {
+                    return Buffered::Partial(buffer.freeze(), body);
+                }
+            }
+        }
+    }
+}
+
+/// How one attempt went.
+enum Attempt {
+    /// The upstream answered: its response.
+    Answered(Response<Incoming>),
+    /// No answer: the status the caller would get (UNAVAILABLE ones may be retried).
+    Failed(Status),
+    /// The call is over whatever the policy (deadline, request too large): the status the caller gets.
+    Final(Status),
+}
+
+/// A failed attempt that may be retried.
+enum Failure {
+    /// The gateway's words for it (no connection, the stream refused).
+    Gateway(Status),
+    /// The upstream's trailers-only UNAVAILABLE, passed on as it came when no retry follows.
+    Upstream(Response<Incoming>),
+}
+
+fn unavailable_trailers_only(response: &Response<Incoming>) -> bool {
+    response.status() == StatusCode::OK
+        && status::parse_grpc_status(response.headers()) == Some(status::UNAVAILABLE)
+}
+
+/// An admitted call on its way to one upstream.
+struct Forwarding<'a> {
+    pool: &'a Pool,
+    label: String,
+    /// `:path` (and query) of the upstream request.
+    path: String,
+    /// The upstream request's headers, but grpc-timeout (set per attempt, from the time left).
+    headers: HeaderMap,
+    deadline: Option<Instant>,
+    reply_headers: Headers,
+    max_message_bytes: u64,
+}
+
+impl Forwarding<'_> {
+    /// The gateway's own error for an admitted call, after the reply headers.
+    fn fail(&self, guard: CallGuard, status: Status) -> Response<CallBody> {
+        answer(guard, StatusCode::OK, status, &self.reply_headers, &[])
+    }
+
+    /// Forwards the call once: `read` (bytes already read of the request), then `rest` as it comes.
+    async fn once(
+        mut self,
+        mut guard: CallGuard,
+        read: Bytes,
+        rest: Option<Incoming>,
+    ) -> Response<CallBody> {
+        let (abort_tx, abort_rx) = oneshot::channel();
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        guard.cancel = Some(cancel_tx);
+        let body = UpstreamBody {
+            first: (!read.is_empty()).then_some(read),
+            caller: rest,
+            counter: FrameCounter::new(Some(self.max_message_bytes)),
+            received: guard.received.clone(),
+            abort: Some(abort_tx),
+            cancel: Some(cancel_rx),
+        };
+        let mut abort = AbortSignal(Some(abort_rx));
+        let mut sleep = self
+            .deadline
+            .map(|deadline| Box::pin(sleep_until(deadline)));
+        let headers = std::mem::take(&mut self.headers);
+        match self.send(headers, body, &mut sleep, &mut abort).await {
+            Attempt::Answered(response) => self.respond(guard, response, sleep, abort),
+            Attempt::Failed(status) | Attempt::Final(status) => self.fail(guard, status),
         }
     }
 
-    let mut sender = picked.sender;
-    let mut abort = AbortSignal(Some(abort_rx));
-    let mut sleep = deadline.map(|deadline| Box::pin(sleep_until(deadline)));
-    let result = tokio::select! {
-        biased;
-        status = abort.aborted() => Err(status),
-        () = deadline_passed(&mut sleep) => Err(deadline_status()),
-        response = sender.send_request(request) => Ok(response),
-    };
-    let response = match result {
-        Err(status) => return fail(guard, status),
-        Ok(Err(error)) => {
-            let status = match std::future::poll_fn(|cx| Poll::Ready(abort.poll_abort(cx))).await {
-                Poll::Ready(status) => status,
-                Poll::Pending => {
-                    let mut status = classify(&error, &label);
-                    status.message = format!("{} ({})", status.message, picked.authority);
-                    status
+    /// Forwards a whole unary request, again while attempts fail UNAVAILABLE before any response header,
+    /// under `policy` and the upstream's retry throttling, never past the deadline.
+    async fn retrying(
+        self,
+        guard: CallGuard,
+        policy: &RetryPolicy,
+        request: Bytes,
+    ) -> Response<CallBody> {
+        let mut backoff = Backoff::new(policy);
+        let mut sleep = self
+            .deadline
+            .map(|deadline| Box::pin(sleep_until(deadline)));
+        let mut abort = AbortSignal(None);
+        let mut attempts: u32 = 0;
+        loop {
+            let mut headers = self.headers.clone();
+            if attempts > 0 {
+                headers.insert(
+                    GRPC_PREVIOUS_RPC_ATTEMPTS.clone(),
+                    HeaderValue::from(attempts),
+                );
+            }
+            attempts += 1;
+            let failure = match self
+                .send(
+                    headers,
+                    UpstreamBody::whole(request.clone()),
+                    &mut sleep,
+                    &mut abort,
+                )
+                .await
+            {
+                Attempt::Final(status) => return self.fail(guard, status),
+                Attempt::Failed(status) if status.code != status::UNAVAILABLE => {
+                    return self.fail(guard, status)
+                }
+                Attempt::Failed(status) => Failure::Gateway(status),
+                Attempt::Answered(response) if unavailable_trailers_only(&response) => {
+                    Failure::Upstream(response)
+                }
+                Attempt::Answered(response) => {
+                    let code = status::parse_grpc_status(response.headers());
+                    if response.status() == StatusCode::OK && code.is_none_or(|c| c == status::OK) {
+                        self.pool.throttle.record_success();
+                    }
+                    return self.respond(guard, response, sleep, abort);
                 }
             };
-            return fail(guard, status);
+            let pushback = match &failure {
+                Failure::Upstream(response) => retry::pushback(response.headers()),
+                Failure::Gateway(_) => Pushback::None,
+            };
+            let allowed = self.pool.throttle.record_failure();
+            let wait = match pushback {
+                _ if attempts >= policy.max_attempts || !allowed => None,
+                Pushback::Stop => None,
+                Pushback::After(wait) => {
+                    backoff.reset();
+                    Some(wait)
+                }
+                Pushback::None => Some(backoff.next(fastrand::f64())),
+            }
+            .filter(|wait| {
+                self.deadline
+                    .is_none_or(|deadline| Instant::now() + *wait < deadline)
+            });
+            let Some(wait) = wait else {
+                return match failure {
+                    Failure::Gateway(status) => self.fail(guard, status),
+                    Failure::Upstream(response) => self.respond(guard, response, sleep, abort),
+                };
+            };
+            tokio::time::sleep(wait).await;
         }
-        Ok(Ok(response)) => response,
-    };
+    }
 
-    let (mut head, upstream) = response.into_parts();
-    if head.status != StatusCode::OK {
-        let code = status::code_for_http_status(head.status);
-        return fail(
-            guard,
-            Status::new(
+    /// One attempt: a connection picked (the next address, round-robin), the request sent with the time
+    /// left as grpc-timeout, the response head awaited.
+    async fn send(
+        &self,
+        mut headers: HeaderMap,
+        body: UpstreamBody,
+        sleep: &mut Option<Pin<Box<Sleep>>>,
+        abort: &mut AbortSignal,
+    ) -> Attempt {
+        let picked = match until(self.deadline, self.pool.pick()).await {
+            None => return Attempt::Final(deadline_status()),
+            Some(Err(reason)) => {
+                return Attempt::Failed(Status::new(
+                    status::UNAVAILABLE,
+                    format!("{} is unavailable: {reason}", self.label),
+                ))
+            }
+            Some(Ok(picked)) => picked,
+        };
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Attempt::Final(deadline_status());
+            }
+            if let Ok(value) = HeaderValue::from_str(&encode_grpc_timeout(left)) {
+                headers.insert(GRPC_TIMEOUT.clone(), value);
+            }
+        }
+        let uri = format!("{}://{}{}", picked.scheme, picked.authority, self.path);
+        let mut request = Request::new(body);
+        *request.method_mut() = Method::POST;
+        *request.headers_mut() = headers;
+        match uri.parse() {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(_) => {
+                return Attempt::Final(Status::new(
+                    status::INTERNAL,
+                    format!("cannot forward to {uri:?}"),
+                ))
+            }
+        }
+        let mut sender = picked.sender;
+        let result = tokio::select! {
+            biased;
+            status = abort.aborted() => Err(status),
+            () = deadline_passed(sleep) => Err(deadline_status()),
+            response = sender.send_request(request) => Ok(response),
+        };
+        match result {
+            Err(status) => Attempt::Final(status),
+            Ok(Err(error)) => match poll_fn(|cx| Poll::Ready(abort.poll_abort(cx))).await {
+                Poll::Ready(status) => Attempt::Final(status),
+                Poll::Pending => {
+                    let mut status = classify(&error, &self.label);
+                    status.message = format!("{} ({})", status.message, picked.authority);
+                    Attempt::Failed(status)
+                }
+            },
+            Ok(Ok(response)) => Attempt::Answered(response),
+        }
+    }
+
+    /// The upstream's answer, passed on with the reply headers: its body streamed, or its trailers-only
+    /// status.
+    fn respond(
+        &self,
+        mut guard: CallGuard,
+        response: Response<Incoming>,
+        sleep: Option<Pin<Box<Sleep>>>,
+        abort: AbortSignal,
+    ) -> Response<CallBody> {
+        let (mut head, upstream) = response.into_parts();
+        if head.status != StatusCode::OK {
+            let code = status::code_for_http_status(head.status);
+            let status = Status::new(
                 code,
-                format!("{label} answered HTTP {}", head.status.as_u16()),
-            ),
+                format!("{} answered HTTP {}", self.label, head.status.as_u16()),
+            );
+            return self.fail(guard, status);
+        }
+        head.headers.remove(CONTENT_LENGTH);
+        if let Some(code) = status::parse_grpc_status(&head.headers) {
+            guard.code = Some(code);
+            guard.cancel_request();
+            if self.reply_headers.is_empty() {
+                return Response::from_parts(head, CallBody::finished(guard));
+            }
+            // Trailers-only: its fields go back untouched as trailers, after headers that carry the reply
+            // headers, which grpc clients would read as trailing metadata in a trailers-only reply.
+            let mut trailers = std::mem::take(&mut head.headers);
+            let content_type = trailers
+                .remove(CONTENT_TYPE)
+                .unwrap_or_else(|| APPLICATION_GRPC.clone());
+            head.headers.insert(CONTENT_TYPE, content_type);
+            metadata::append_all(&mut head.headers, &self.reply_headers);
+            return Response::from_parts(
+                head,
+                CallBody::trailers_only_after_headers(guard, trailers),
+            );
+        }
+        metadata::append_all(&mut head.headers, &self.reply_headers);
+        let body = CallBody {
+            upstream: Some(upstream),
+            trailers: None,
+            deadline: sleep,
+            abort,
+            counter: FrameCounter::new(None),
+            label: self.label.clone(),
+            guard,
+            done: false,
+        };
+        Response::from_parts(head, body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn caller_headers_that_pass() {
+        let map = headers(&[
+            ("x-api-key", "secret"),
+            ("trace-bin", "AAE"),
+            ("grpc-timeout", "5S"),
+        ]);
+        let (metadata, timeout) = check_caller_headers(&map, 8192).unwrap();
+        assert_eq!(
+            metadata[1],
+            ("trace-bin".to_owned(), Value::Binary(vec![0, 1]))
+        );
+        assert_eq!(timeout, Some(Duration::from_secs(5)));
+        let (_, timeout) = check_caller_headers(&headers(&[]), 8192).unwrap();
+        assert_eq!(timeout, None);
+    }
+
+    #[test]
+    fn metadata_over_the_limit_is_resource_exhausted() {
+        let map = headers(&[("x-api-key", "secret")]);
+        let size = 9 + 6 + 32;
+        assert!(check_caller_headers(&map, size).is_ok());
+        let status = check_caller_headers(&map, size - 1).unwrap_err();
+        assert_eq!(status.code, status::RESOURCE_EXHAUSTED);
+        assert_eq!(
+            status.message,
+            "the call's metadata is 47 bytes, over the gateway's limit of 46 bytes ([limits] max_metadata_bytes)"
         );
     }
-    head.headers.remove(CONTENT_LENGTH);
-    metadata::append_all(&mut head.headers, &reply_headers);
-    if let Some(code) = status::parse_grpc_status(&head.headers) {
-        // Trailers-only: passed through as it came.
-        guard.code = Some(code);
-        guard.cancel_request();
-        return Response::from_parts(head, CallBody::finished(guard));
+
+    #[test]
+    fn bad_base64_and_malformed_timeouts_are_refused() {
+        let status =
+            check_caller_headers(&headers(&[("x-trace-bin", "!!not*base64!!")]), 8192).unwrap_err();
+        assert_eq!(
+            status,
+            Status::new(
+                status::INVALID_ARGUMENT,
+                "metadata x-trace-bin is not base64: a -bin header carries base64-encoded bytes"
+            )
+        );
+        let status = check_caller_headers(&headers(&[("grpc-timeout", "soon")]), 8192).unwrap_err();
+        assert_eq!(
+            status,
+            Status::new(
+                status::INTERNAL,
+                "grpc-timeout 'soon' is malformed: 1 to 8 digits and a unit (H, M, S, m, u, n)"
+            )
+        );
+        // Too large comes first: nothing else of such a header block is looked at.
+        let status = check_caller_headers(&headers(&[("grpc-timeout", "soon")]), 10).unwrap_err();
+        assert_eq!(status.code, status::RESOURCE_EXHAUSTED);
     }
-    let body = CallBody {
-        upstream: Some(upstream),
-        deadline: sleep,
-        abort,
-        counter: FrameCounter::new(None),
-        label,
-        guard,
-        done: false,
-    };
-    Response::from_parts(head, body)
 }

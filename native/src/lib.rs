@@ -3,11 +3,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod compression;
 pub mod decider;
 pub mod forward;
 pub mod framing;
 pub mod metadata;
 pub mod plan;
+pub mod retry;
 pub mod server;
 pub mod status;
 pub mod timeout;
@@ -36,7 +38,10 @@ use crate::upstream::{Address, ConnSettings, Pool, UpstreamTls};
 const POLL: Duration = Duration::from_millis(200);
 
 type TlsTuple = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
-type MethodTuple = (String, String, bool, bool, bool, Option<f64>);
+/// The six fields every Method has; a seventh, the retry policy, may follow.
+type MethodFields = (String, String, bool, bool, bool, Option<f64>);
+/// (max_attempts, initial backoff s, max backoff s, backoff multiplier).
+type RetryTuple = (u32, f64, f64, f64);
 type UpstreamTlsTuple = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>, String);
 type UpstreamTuple = (Vec<String>, Option<UpstreamTlsTuple>);
 
@@ -54,6 +59,45 @@ fn optional_seconds(value: f64, what: &str) -> PyResult<Option<Duration>> {
         return Ok(None);
     }
     seconds(value, what).map(Some)
+}
+
+/// One Method tuple as a route: (upstream, service, client_streaming, server_streaming, reads_request,
+/// default timeout), then optionally the retry policy (None: no retries).
+fn route_from_py(method: &Bound<'_, PyAny>) -> PyResult<Route> {
+    let tuple = method
+        .cast::<PyTuple>()
+        .map_err(|_| PyTypeError::new_err("a method is a tuple of 6 or 7 fields"))?;
+    let retry: Option<RetryTuple> = match tuple.len() {
+        6 => None,
+        7 => tuple.get_item(6)?.extract()?,
+        n => {
+            return Err(PyTypeError::new_err(format!(
+                "a method is a tuple of 6 or 7 fields, not {n}"
+            )))
+        }
+    };
+    let (upstream, service, client_streaming, server_streaming, reads_request, timeout): MethodFields =
+        tuple.get_slice(0, 6).extract()?;
+    let default_timeout = match timeout {
+        Some(t) => Some(seconds(t, "a default timeout")?),
+        None => None,
+    };
+    let retry = match retry {
+        Some((attempts, initial, max, multiplier)) => Some(
+            retry::RetryPolicy::new(attempts, initial, max, multiplier)
+                .map_err(PyValueError::new_err)?,
+        ),
+        None => None,
+    };
+    Ok(Route {
+        upstream,
+        service,
+        client_streaming,
+        server_streaming,
+        reads_request,
+        default_timeout,
+        retry,
+    })
 }
 
 /// The gateway's gRPC server.
@@ -115,7 +159,7 @@ impl PyServer {
     /// Swaps the plan: new calls use it, calls in flight keep theirs.
     fn set_plan(
         &self,
-        methods: HashMap<String, MethodTuple>,
+        methods: HashMap<String, Bound<'_, PyAny>>,
         upstreams: HashMap<String, UpstreamTuple>,
         keepalive: (f64, f64, bool),
         reconnect: (f64, f64),
@@ -148,23 +192,10 @@ impl PyServer {
             pools.insert(name, Arc::new(Pool::new(addresses, tls, settings.clone())));
         }
         let mut routes = HashMap::with_capacity(methods.len());
-        for (
-            path,
-            (upstream, service, client_streaming, server_streaming, reads_request, timeout),
-        ) in methods
-        {
-            let default_timeout = match timeout {
-                Some(t) => Some(seconds(t, "a default timeout")?),
-                None => None,
-            };
-            let route = Route {
-                upstream,
-                service,
-                client_streaming,
-                server_streaming,
-                reads_request,
-                default_timeout,
-            };
+        for (path, method) in methods {
+            let route = route_from_py(&method).map_err(|e| {
+                PyValueError::new_err(format!("method {path}: {}", e.value(method.py())))
+            })?;
             routes.insert(path, route);
         }
         self.inner.shared().set_plan(Plan::new(routes, pools));
@@ -252,7 +283,8 @@ impl Arrival {
 
 #[pymethods]
 impl Arrival {
-    /// Forwards the call with `upstream_metadata`; `reply_headers` go back with the response headers.
+    /// Forwards the call with `upstream_metadata`; `reply_headers` go back with the response headers (the
+    /// upstream's, or those before the gateway's own error).
     fn admit(
         &self,
         token: Py<PyAny>,
@@ -268,7 +300,8 @@ impl Arrival {
         })
     }
 
-    /// Answers the call trailers-only with `code` and `message`, then `headers` and `trailers`.
+    /// Answers the call with `code` and `message`: `headers` as initial metadata, then the status and
+    /// `trailers` in a trailers frame; trailers-only when `headers` is empty.
     fn refuse(
         &self,
         token: Py<PyAny>,

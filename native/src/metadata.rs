@@ -1,5 +1,6 @@
 //! Call metadata between HTTP/2 headers and what Python sees: names lower case, `-bin` values
-//! base64-decoded bytes, other values text; and the caller's address as gRPC writes it.
+//! base64-decoded bytes, other values text; the checks a caller's metadata must pass (size, base64); and
+//! the caller's address as gRPC writes it.
 
 use std::net::SocketAddr;
 
@@ -8,13 +9,18 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-/// Standard alphabet; decodes padded and unpadded input alike, encodes without padding (as gRPC does).
+/// Standard alphabet; decodes padded and unpadded input alike, and leftover bits in the last symbol, as
+/// gRPC's own decoders do; encodes without padding (as gRPC does).
 const BASE64: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
     GeneralPurposeConfig::new()
         .with_encode_padding(false)
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
 );
+
+/// What HTTP/2 adds to each header field when it counts a header list's size (RFC 9113, 6.5.2).
+pub const FIELD_OVERHEAD: u64 = 32;
 
 /// One metadata value: text, or the bytes of a `-bin` key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,21 +57,39 @@ pub fn encode_base64(bytes: &[u8]) -> String {
     BASE64.encode(bytes)
 }
 
-/// The caller's headers as metadata, in order: `-bin` values decoded (kept raw when they are not base64),
-/// other values as text (bytes outside ASCII replaced when not UTF-8).
-pub fn from_headers(headers: &HeaderMap) -> Vec<(String, Value)> {
+/// The size of a header list as HTTP/2 counts it: per field, its name, its value and 32.
+pub fn header_list_size(headers: &HeaderMap) -> u64 {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() as u64 + value.len() as u64 + FIELD_OVERHEAD)
+        .sum()
+}
+
+/// The refusal of a caller whose metadata is over the limit.
+pub fn too_large_message(size: u64, limit: u64) -> String {
+    format!(
+        "the call's metadata is {size} bytes, over the gateway's limit of {limit} bytes ([limits] max_metadata_bytes)"
+    )
+}
+
+/// The caller's headers as metadata, in order: `-bin` values decoded, other values as text (bytes outside
+/// ASCII replaced when not UTF-8). `Err(message)` names the first `-bin` header that is not base64: such a
+/// call is refused, never forwarded.
+pub fn from_headers(headers: &HeaderMap) -> Result<Vec<(String, Value)>, String> {
     headers
         .iter()
         .map(|(name, value)| {
             let name = name.as_str();
             let value = if is_binary(name) {
-                Value::Binary(
-                    decode_base64(value.as_bytes()).unwrap_or_else(|| value.as_bytes().to_vec()),
-                )
+                Value::Binary(decode_base64(value.as_bytes()).ok_or_else(|| {
+                    format!(
+                        "metadata {name} is not base64: a -bin header carries base64-encoded bytes"
+                    )
+                })?)
             } else {
                 Value::Text(String::from_utf8_lossy(value.as_bytes()).into_owned())
             };
-            (name.to_owned(), value)
+            Ok((name.to_owned(), value))
         })
         .collect()
 }
@@ -145,8 +169,12 @@ mod tests {
         assert_eq!(decode_base64(b"AA==").unwrap(), vec![0]);
         assert_eq!(decode_base64(b"AA").unwrap(), vec![0]);
         assert_eq!(decode_base64(b"+/8").unwrap(), vec![0xfb, 0xff]);
+        assert_eq!(decode_base64(b"AAF").unwrap(), vec![0, 1]);
+        assert_eq!(decode_base64(b"").unwrap(), Vec::<u8>::new());
         assert!(decode_base64(b"A").is_none());
         assert!(decode_base64(b"***").is_none());
+        assert!(decode_base64(b"!!not*base64!!").is_none());
+        assert!(decode_base64(b"AA AA").is_none());
         assert_eq!(encode_base64(&[0, 1]), "AAE");
         assert_eq!(encode_base64(&[0xfb, 0xff]), "+/8");
     }
@@ -157,19 +185,35 @@ mod tests {
         headers.append("x-api-key", HeaderValue::from_static("secret"));
         headers.append("trace-bin", HeaderValue::from_static("AAEC"));
         headers.append("trace-bin", HeaderValue::from_static("AAE="));
-        headers.append("odd-bin", HeaderValue::from_static("*not base64*"));
-        let metadata = from_headers(&headers);
+        let metadata = from_headers(&headers).unwrap();
         assert_eq!(
             metadata,
             vec![
                 ("x-api-key".to_owned(), Value::Text("secret".to_owned())),
                 ("trace-bin".to_owned(), Value::Binary(vec![0, 1, 2])),
                 ("trace-bin".to_owned(), Value::Binary(vec![0, 1])),
-                (
-                    "odd-bin".to_owned(),
-                    Value::Binary(b"*not base64*".to_vec())
-                ),
             ]
+        );
+        headers.append("x-note", HeaderValue::from_static("*not base64, not -bin*"));
+        assert!(from_headers(&headers).is_ok());
+        headers.append("odd-bin", HeaderValue::from_static("*not base64*"));
+        assert_eq!(
+            from_headers(&headers).unwrap_err(),
+            "metadata odd-bin is not base64: a -bin header carries base64-encoded bytes"
+        );
+    }
+
+    #[test]
+    fn header_list_size_as_http2_counts_it() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(header_list_size(&headers), 0);
+        headers.append("x-api-key", HeaderValue::from_static("secret"));
+        assert_eq!(header_list_size(&headers), 9 + 6 + 32);
+        headers.append("x-api-key", HeaderValue::from_static(""));
+        assert_eq!(header_list_size(&headers), 9 + 6 + 32 + 9 + 32);
+        assert_eq!(
+            too_large_message(9000, 8192),
+            "the call's metadata is 9000 bytes, over the gateway's limit of 8192 bytes ([limits] max_metadata_bytes)"
         );
     }
 
@@ -191,7 +235,7 @@ mod tests {
         let (name, value) = to_header("id-bin", &Value::Binary(vec![9, 8, 7, 6, 5])).unwrap();
         headers.append(name, value);
         assert_eq!(
-            from_headers(&headers)[0].1,
+            from_headers(&headers).unwrap()[0].1,
             Value::Binary(vec![9, 8, 7, 6, 5])
         );
     }

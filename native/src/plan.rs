@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::retry::RetryPolicy;
 use crate::upstream::Pool;
 
 /// One method's route.
@@ -16,6 +17,8 @@ pub struct Route {
     pub server_streaming: bool,
     pub reads_request: bool,
     pub default_timeout: Option<Duration>,
+    /// Retries, for an idempotent unary method.
+    pub retry: Option<RetryPolicy>,
 }
 
 #[derive(Default)]
@@ -65,6 +68,7 @@ mod tests {
             server_streaming: false,
             reads_request: true,
             default_timeout: None,
+            retry: None,
         };
         let plan = Plan::new(
             HashMap::from([

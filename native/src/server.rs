@@ -1,19 +1,22 @@
 //! The listener and its connections: a socket2 listener (SO_REUSEADDR, SO_REUSEPORT when asked, backlog
 //! 1024), optional TLS, one task per connection serving HTTP/2 with hyper under the configured limits,
-//! closing idle connections and those that never send a request (slowloris); drain and stop.
+//! closing idle connections and those that never send a request (slowloris), and closing each connection
+//! so that the client reads its GOAWAY; drain and stop.
 
 use std::convert::Infallible;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
@@ -26,6 +29,17 @@ use crate::metadata::format_peer;
 const BACKLOG: i32 = 1024;
 /// How long a connection closed for being idle may take to finish its goodbye before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a closed connection is still read (and what comes discarded), after its last write.
+const LINGER: Duration = Duration::from_secs(2);
+/// The header list size HTTP/2 itself enforces, as a multiple of the gateway's metadata limit, and its bounds.
+const HEADER_CEILING_FACTOR: u32 = 16;
+const HEADER_CEILING_MIN: u32 = 64 << 10;
+const HEADER_CEILING_MAX: u32 = 1 << 20;
+/// Streams a client may open and reset before the server has taken them up, per connection (the HTTP/2
+/// "rapid reset" attack): past it the connection is closed with GOAWAY ENHANCE_YOUR_CALM.
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 50;
+/// Streams the server may reset for a client's protocol errors, per connection, before it closes it.
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 /// Everything the listener is configured with.
 #[derive(Clone)]
@@ -66,7 +80,10 @@ pub struct Server {
 
 impl Server {
     pub fn new(config: Config) -> Server {
-        let shared = Arc::new(Shared::new(config.max_message_bytes));
+        let shared = Arc::new(Shared::new(
+            config.max_message_bytes,
+            u64::from(config.max_metadata_bytes),
+        ));
         Server {
             config,
             shared,
@@ -167,15 +184,25 @@ fn bind(config: &Config) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// The header list size HTTP/2 enforces (and advertises): well above the gateway's own limit, so that
+/// metadata over that limit reaches the check that answers it with a gRPC status (HTTP/2's own answer is
+/// an HTTP 431 that clients see as UNKNOWN), while a header block past even this is still cut by HTTP/2
+/// (431, or GOAWAY ENHANCE_YOUR_CALM for one far past it).
+pub fn header_list_ceiling(max_metadata_bytes: u32) -> u32 {
+    max_metadata_bytes
+        .saturating_mul(HEADER_CEILING_FACTOR)
+        .clamp(HEADER_CEILING_MIN, HEADER_CEILING_MAX)
+}
+
 fn server_builder(config: &Config) -> http2::Builder<TokioExecutor> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
         .auto_date_header(false)
         .max_concurrent_streams(config.max_concurrent_streams)
-        .max_header_list_size(config.max_metadata_bytes)
-        .max_pending_accept_reset_streams(50)
-        .max_local_error_reset_streams(1024)
+        .max_header_list_size(header_list_ceiling(config.max_metadata_bytes))
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
         .keep_alive_interval(Duration::from_secs(60))
         .keep_alive_timeout(Duration::from_secs(20))
         .adaptive_window(false)
@@ -218,6 +245,7 @@ async fn connection(
         .header_timeout
         .map(|timeout| Instant::now() + timeout);
     let peer: Arc<str> = format_peer(&peer).into();
+    let stream = Lingering(Some(stream));
     match &context.tls {
         Some(acceptor) => {
             let handshake = acceptor.accept(stream);
@@ -296,9 +324,114 @@ async fn serve<IO>(
     }
 }
 
+/// A client's connection that, once dropped, is shut for writing and still read (what comes discarded)
+/// for a while before it is closed: closing a socket with unread bytes from the client makes the kernel
+/// send a reset, which can destroy the GOAWAY still on its way to the client and fails the client's next
+/// write, where the client should read the GOAWAY and the end of the connection.
+struct Lingering(Option<TcpStream>);
+
+fn gone() -> io::Error {
+    io::Error::from(io::ErrorKind::NotConnected)
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut().0.as_mut() {
+            Some(stream) => Pin::new(stream).poll_read(cx, buf),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().0.as_mut() {
+            Some(stream) => Pin::new(stream).poll_write(cx, buf),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().0.as_mut() {
+            Some(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.as_ref().is_some_and(AsyncWrite::is_write_vectored)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().0.as_mut() {
+            Some(stream) => Pin::new(stream).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().0.as_mut() {
+            Some(stream) => Pin::new(stream).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(stream) = self.0.take() else {
+            return;
+        };
+        // Outside the runtime (it is shutting down) the socket is simply closed.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(linger(stream));
+        }
+    }
+}
+
+async fn linger(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut discard = vec![0; 8192];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(read) = stream.read(&mut discard).await {
+            if read == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_ceiling_is_16_times_the_limit_within_bounds() {
+        assert_eq!(header_list_ceiling(8192), 128 << 10);
+        assert_eq!(header_list_ceiling(1024), 64 << 10);
+        assert_eq!(header_list_ceiling(1 << 20), 1 << 20);
+        assert_eq!(header_list_ceiling(u32::MAX), 1 << 20);
+        // A 100 KB header reaches the gateway's own check under the default limit.
+        assert!(header_list_ceiling(8192) > 100_000 + 9 + 32);
     }
 }

@@ -6,9 +6,32 @@ use std::time::Duration;
 /// string of at most 8 digits}`).
 const MAX_DIGITS: usize = 8;
 
+/// The most characters of a malformed value that its refusal shows.
+const SHOWN_CHARS: usize = 40;
+
+/// The caller's `grpc-timeout`: None when it sent none; `Err(message)` when it is malformed, which gRPC
+/// servers answer with INTERNAL.
+pub fn caller_timeout(value: Option<&[u8]>) -> Result<Option<Duration>, String> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    parse_grpc_timeout(value)
+        .map(Some)
+        .ok_or_else(|| malformed_message(value))
+}
+
+/// Why a `grpc-timeout` value is refused, showing at most 40 characters of it.
+pub fn malformed_message(value: &[u8]) -> String {
+    let text = String::from_utf8_lossy(value);
+    let mut shown: String = text.chars().take(SHOWN_CHARS).collect();
+    if text.chars().nth(SHOWN_CHARS).is_some() {
+        shown.push('…');
+    }
+    format!("grpc-timeout '{shown}' is malformed: 1 to 8 digits and a unit (H, M, S, m, u, n)")
+}
+
 /// Parses a `grpc-timeout` value: 1 to 8 ASCII digits and a unit (`H` hours, `M` minutes, `S` seconds,
-/// `m` milliseconds, `u` microseconds, `n` nanoseconds). `None` when it is not valid: gRPC servers treat an
-/// invalid timeout as absent.
+/// `m` milliseconds, `u` microseconds, `n` nanoseconds). `None` when it is not valid.
 pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
     let (&unit, digits) = value.split_last()?;
     if digits.is_empty() || digits.len() > MAX_DIGITS || !digits.iter().all(u8::is_ascii_digit) {
@@ -89,6 +112,34 @@ mod tests {
         ] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn caller_timeout_absent_valid_or_malformed() {
+        assert_eq!(caller_timeout(None), Ok(None));
+        assert_eq!(
+            caller_timeout(Some(b"5S")),
+            Ok(Some(Duration::from_secs(5)))
+        );
+        assert_eq!(
+            caller_timeout(Some(b"soon")).unwrap_err(),
+            "grpc-timeout 'soon' is malformed: 1 to 8 digits and a unit (H, M, S, m, u, n)"
+        );
+        assert!(caller_timeout(Some(b"123456789S"))
+            .unwrap_err()
+            .starts_with("grpc-timeout '123456789S' is malformed"));
+        assert!(caller_timeout(Some(b"10x"))
+            .unwrap_err()
+            .starts_with("grpc-timeout '10x' is malformed"));
+        let long = "9".repeat(100);
+        let message = caller_timeout(Some(long.as_bytes())).unwrap_err();
+        assert!(message.starts_with(&format!("grpc-timeout '{}…' is", "9".repeat(40))));
+        let forty = "x".repeat(40);
+        let message = caller_timeout(Some(forty.as_bytes())).unwrap_err();
+        assert!(message.starts_with(&format!("grpc-timeout '{forty}' is")));
+        assert!(caller_timeout(Some(b"\xff1S"))
+            .unwrap_err()
+            .starts_with("grpc-timeout '\u{fffd}1S'"));
     }
 
     #[test]

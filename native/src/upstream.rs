@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::forward::UpstreamBody;
+use crate::retry::Throttle;
 
 /// How long one connect (TCP, TLS and the HTTP/2 handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -132,6 +133,8 @@ pub struct Pool {
     next: AtomicUsize,
     tls: Option<UpstreamTls>,
     settings: ConnSettings,
+    /// The retry throttling of the calls to this upstream that may be retried.
+    pub throttle: Throttle,
 }
 
 impl Pool {
@@ -153,6 +156,7 @@ impl Pool {
             next: AtomicUsize::new(0),
             tls,
             settings,
+            throttle: Throttle::default(),
         }
     }
 

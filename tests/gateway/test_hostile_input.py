@@ -517,7 +517,9 @@ async def _no_path(gateway: Started) -> Seen:
 # --- HTTP/2 and HTTP/1 that is not gRPC ----------------------------------------------------------
 
 
-@case("GET instead of POST", "RST_STREAM INTERNAL_ERROR")
+# The probe moves :method after the regular headers: RFC 9113 calls that malformed, and the native
+# engine's HTTP/2 layer resets the stream (a well-formed GET gets HTTP 405: tests/native).
+@case("GET instead of POST", "RST_STREAM INTERNAL_ERROR", native=("RST_STREAM PROTOCOL_ERROR", ""))
 async def _get(gateway: Started) -> Seen:
     return await raw(gateway, replace_header(grpc_request(GET_USER, KEY), b":method", b"GET"))
 

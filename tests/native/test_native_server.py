@@ -7,12 +7,9 @@ import asyncio
 import gc
 import queue
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent import futures
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import gateway_native
@@ -23,234 +20,25 @@ from shop.recommendations.v1 import recommendations_pb2, recommendations_pb2_grp
 from shop.users.v1 import users_pb2, users_pb2_grpc
 
 from tests.gateway.certs import Certificates, make_certificates
-from tests.support.processes import free_port, running
+from tests.native.support import (
+    KEY,
+    RECOMMENDATIONS,
+    SLOW_SECONDS,
+    USERS,
+    Gateway,
+    Record,
+    Upstreams,
+    admit_or_refuse,
+    as_dict,
+    echo_upstream,
+    plan,
+    started,
+)
+from tests.support.processes import free_port
 
-KEY = (("x-api-key", "secret-key"),)
-USERS = "shop.users.v1.UserService"
-RECOMMENDATIONS = "shop.recommendations.v1.RecommendationService"
-SLOW_SECONDS = 3.0
 TOO_LARGE = (
     "the request message is 100 bytes, over the gateway's limit of 64 bytes ([limits] max_message_bytes)"
 )
-
-Decide = Callable[[gateway_native.Arrival], None]
-
-
-@dataclass(frozen=True)
-class Upstreams:
-    users: int
-    recommendations: int
-    test: int
-    # What the in-test upstream saw: (method, metadata, seconds left of its deadline or None).
-    seen: queue.Queue[tuple[str, tuple[tuple[str, str | bytes], ...], float | None]]
-
-
-def _test_upstream(
-    seen: queue.Queue[tuple[str, tuple[tuple[str, str | bytes], ...], float | None]],
-) -> grpc.Server:
-    """test.Echo: Echo answers its request's bytes with a -bin trailer; Sleep and SlowDefault sleep first."""
-
-    def record(method: str, context: grpc.ServicerContext) -> None:
-        metadata = tuple((item.key, item.value) for item in context.invocation_metadata())
-        seen.put((method, metadata, context.time_remaining()))
-
-    def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
-        record("Echo", context)
-        context.set_trailing_metadata((("echo-trailer-bin", b"\x00\xff\x01"), ("echo-trailer", "yes")))
-        return request
-
-    def sleep(request: bytes, context: grpc.ServicerContext) -> bytes:
-        record("Sleep", context)
-        time.sleep(SLOW_SECONDS)
-        return request
-
-    handler = grpc.method_handlers_generic_handler(
-        "test.Echo",
-        {
-            "Echo": grpc.unary_unary_rpc_method_handler(echo),
-            "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
-            "SlowDefault": grpc.unary_unary_rpc_method_handler(sleep),
-        },
-    )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    server.add_generic_rpc_handlers((handler,))
-    return server
-
-
-@pytest.fixture(scope="module")
-def upstreams() -> Iterator[Upstreams]:
-    users_port, recommendations_port = free_port(), free_port()
-    seen: queue.Queue[tuple[str, tuple[tuple[str, str | bytes], ...], float | None]] = queue.Queue()
-    test_server = _test_upstream(seen)
-    test_port = test_server.add_insecure_port("127.0.0.1:0")
-    test_server.start()
-    with ExitStack() as stack:
-        stack.callback(test_server.stop, None)
-        stack.enter_context(
-            running(["-m", "services.users", "--listen", f"127.0.0.1:{users_port}"], users_port)
-        )
-        stack.enter_context(
-            running(
-                ["-m", "services.recommendations", "--listen", f"127.0.0.1:{recommendations_port}"],
-                recommendations_port,
-            )
-        )
-        yield Upstreams(users_port, recommendations_port, test_port, seen)
-
-
-@dataclass(frozen=True)
-class Seen:
-    """What an Arrival carried."""
-
-    method: str
-    metadata: tuple[tuple[str, str | bytes], ...]
-    peer: str
-    first: bytes | None
-    timeout: float | None
-
-
-def admit_or_refuse(arrival: gateway_native.Arrival) -> None:
-    """Admits calls with the right key (adding metadata), refuses the others UNAUTHENTICATED."""
-    key = next((value for name, value in arrival.metadata if name == "x-api-key"), None)
-    if key != "secret-key":
-        arrival.refuse("refused", 16, "invalid API key", (), (("retry-after", "7"),))
-        return
-    arrival.admit(
-        f"token {arrival.method}",
-        (*arrival.metadata, ("x-gateway-client", "tester"), ("x-client-bin", b"\x01\x02")),
-        (("x-gateway", "native"),),
-    )
-
-
-@dataclass
-class Gateway:
-    """A started gateway_native.Server and the thread that decides on its calls."""
-
-    server: gateway_native.Server
-    port: int
-    decide: Decide
-    arrivals: list[Seen] = field(default_factory=list)
-    endings: queue.Queue[gateway_native.Ending] = field(default_factory=queue.Queue)
-    errors: list[BaseException] = field(default_factory=list)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def run(self) -> None:
-        """The decider thread: until the server has stopped. Keeps no reference to an Arrival."""
-        while (batch := self.server.next_batch()) is not None:
-            batch.reverse()
-            while batch:
-                self._handle(batch.pop())
-
-    def _handle(self, event: gateway_native.Arrival | gateway_native.Ending) -> None:
-        if isinstance(event, gateway_native.Ending):
-            self.endings.put(event)
-            return
-        self.arrivals.append(Seen(event.method, event.metadata, event.peer, event.first, event.timeout))
-        try:
-            self.decide(event)
-        except Exception as error:  # the test fails on it, after the call
-            self.errors.append(error)
-
-    def ending(self, timeout: float = 5.0) -> gateway_native.Ending:
-        return self.endings.get(timeout=timeout)
-
-
-def plan(
-    upstreams: Upstreams, down_port: int
-) -> tuple[dict[str, gateway_native.Method], dict[str, gateway_native.Upstream]]:
-    methods: dict[str, gateway_native.Method] = {
-        f"/{USERS}/GetUser": ("users", USERS, False, False, True, None),
-        f"/{USERS}/ListUsers": ("users", USERS, False, True, True, None),
-        f"/{RECOMMENDATIONS}/GetRecommendations": (
-            "recommendations",
-            RECOMMENDATIONS,
-            False,
-            False,
-            True,
-            None,
-        ),
-        f"/{RECOMMENDATIONS}/RecommendForGroup": (
-            "recommendations",
-            RECOMMENDATIONS,
-            True,
-            False,
-            True,
-            None,
-        ),
-        f"/{RECOMMENDATIONS}/StreamRecommendations": (
-            "recommendations",
-            RECOMMENDATIONS,
-            True,
-            True,
-            False,
-            None,
-        ),
-        "/test.Echo/Echo": ("test", "test.Echo", False, False, True, None),
-        "/test.Echo/Sleep": ("test", "test.Echo", False, False, False, None),
-        "/test.Echo/SlowDefault": ("test", "test.Echo", False, False, False, 0.3),
-        "/test.Down/Call": ("down", "test.Down", False, False, False, None),
-    }
-    targets: dict[str, gateway_native.Upstream] = {
-        "users": ([f"127.0.0.1:{upstreams.users}"], None),
-        "recommendations": ([f"127.0.0.1:{upstreams.recommendations}"], None),
-        "test": ([f"127.0.0.1:{upstreams.test}"], None),
-        "down": ([f"127.0.0.1:{down_port}"], None),
-    }
-    return methods, targets
-
-
-@contextmanager
-def started(
-    upstreams: Upstreams,
-    decide: Decide = admit_or_refuse,
-    *,
-    max_message_bytes: int = 4 << 20,
-    tls: tuple[bytes, bytes, bytes | None] | None = None,
-    idle_timeout: float = 30.0,
-    header_timeout: float = 10.0,
-    more_methods: dict[str, gateway_native.Method] | None = None,
-    more_upstreams: dict[str, gateway_native.Upstream] | None = None,
-) -> Iterator[Gateway]:
-    server = gateway_native.Server(
-        "127.0.0.1",
-        0,
-        reuse_port=False,
-        io_threads=2,
-        tls=tls,
-        max_concurrent_streams=100,
-        max_message_bytes=max_message_bytes,
-        max_metadata_bytes=16 << 10,
-        idle_timeout=idle_timeout,
-        header_timeout=header_timeout,
-    )
-    methods, targets = plan(upstreams, free_port())
-    methods.update(more_methods or {})
-    targets.update(more_upstreams or {})
-    server.set_plan(methods, targets, (0.0, 20.0, False), (0.05, 0.5))
-    gateway = Gateway(server, server.start(), decide)
-    thread = threading.Thread(target=gateway.run, name="decider", daemon=True)
-    thread.start()
-    try:
-        yield gateway
-    finally:
-        server.stop(1.0)
-        thread.join(5)
-        assert not thread.is_alive()
-    assert not gateway.errors, gateway.errors
-
-
-@pytest.fixture
-def gateway(upstreams: Upstreams) -> Iterator[Gateway]:
-    with started(upstreams) as gateway:
-        yield gateway
-
-
-def _metadata(call_metadata: grpc.aio.Metadata | None) -> dict[str, str | bytes]:
-    """A call's metadata as a dict (the last value of each key)."""
-    return dict(call_metadata or ())
 
 
 async def test_unary_call_is_admitted_and_forwarded(gateway: Gateway) -> None:
@@ -259,7 +47,7 @@ async def test_unary_call_is_admitted_and_forwarded(gateway: Gateway) -> None:
             users_pb2.GetUserRequest(user_id=104), metadata=KEY, timeout=5
         )
         reply = await call
-        headers = _metadata(await call.initial_metadata())
+        headers = as_dict(await call.initial_metadata())
     assert reply.name == "Sean"
     assert headers["x-gateway"] == "native"
     ending = gateway.ending()
@@ -288,7 +76,7 @@ async def test_refusal_is_trailers_only_with_its_trailers(gateway: Gateway) -> N
             await call
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert caught.value.details() == "invalid API key"
-    assert _metadata(caught.value.trailing_metadata())["retry-after"] == "7"
+    assert as_dict(caught.value.trailing_metadata())["retry-after"] == "7"
     ending = gateway.ending()
     assert (ending.token, ending.code, ending.received, ending.sent) == ("refused", 16, 0, 0)
 
@@ -314,8 +102,8 @@ async def test_metadata_both_ways(gateway: Gateway, upstreams: Upstreams) -> Non
         echo = channel.unary_unary("/test.Echo/Echo")
         call = echo(payload, metadata=(*KEY, ("trace-bin", b"\x00\x01\x02\x03")), timeout=5)
         assert await call == payload
-        trailers = _metadata(await call.trailing_metadata())
-        headers = _metadata(await call.initial_metadata())
+        trailers = as_dict(await call.trailing_metadata())
+        headers = as_dict(await call.initial_metadata())
     assert trailers["echo-trailer-bin"] == b"\x00\xff\x01"
     assert trailers["echo-trailer"] == "yes"
     assert headers["x-gateway"] == "native"
@@ -391,8 +179,9 @@ async def test_upstream_down_is_unavailable_naming_it(gateway: Gateway) -> None:
             assert caught.value.details().startswith(
                 "upstream down for test.Down is unavailable: connection refused (127.0.0.1:"
             )
-            # Trailers-only: the reply headers come with the status.
-            assert _metadata(caught.value.trailing_metadata())["x-gateway"] == "native"
+            # The gateway's own error: the reply headers are initial metadata, the status trailers.
+            assert as_dict(caught.value.initial_metadata())["x-gateway"] == "native"
+            assert "x-gateway" not in as_dict(caught.value.trailing_metadata())
             assert time.monotonic() - started_at < 2
             assert gateway.ending().code == grpc.StatusCode.UNAVAILABLE.value[0]
 
@@ -574,8 +363,8 @@ async def test_mutual_tls_listener(upstreams: Upstreams, certificates: Certifica
 
 
 async def test_upstream_over_tls(upstreams: Upstreams, certificates: Certificates) -> None:
-    seen: queue.Queue[tuple[str, tuple[tuple[str, str | bytes], ...], float | None]] = queue.Queue()
-    server = _test_upstream(seen)
+    seen: queue.Queue[Record] = queue.Queue()
+    server = echo_upstream(seen)
     credentials = grpc.ssl_server_credentials(
         [(certificates.server.key.read_bytes(), certificates.server.cert.read_bytes())]
     )
@@ -699,8 +488,8 @@ async def test_stop_cancels_what_outlives_the_grace(upstreams: Upstreams) -> Non
 
 
 async def test_upstream_on_a_unix_socket(upstreams: Upstreams, tmp_path: Path) -> None:
-    seen: queue.Queue[tuple[str, tuple[tuple[str, str | bytes], ...], float | None]] = queue.Queue()
-    server = _test_upstream(seen)
+    seen: queue.Queue[Record] = queue.Queue()
+    server = echo_upstream(seen)
     path = tmp_path / "echo.sock"
     server.add_insecure_port(f"unix:{path}")
     server.start()

@@ -11,11 +11,13 @@ import asyncio
 import shutil
 import tempfile
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import grpc
 from gateway_native import Server
 
+from gateway.config.schema import Route
 from gateway.engines.base import Retired
 from gateway.engines.native.decider import Decider
 from gateway.ops.own_services import OwnServices
@@ -25,7 +27,7 @@ from runtime.addresses import parse_host_port
 from runtime.serving import cannot_listen
 
 if TYPE_CHECKING:  # type aliases of the module's stub only
-    from gateway_native import Method, Upstream
+    from gateway_native import Method, Retry, Upstream
 
 # The upstream name of the gateway's own services (health, reflection) in the native plan.
 LOCAL = "local"
@@ -34,6 +36,19 @@ IDLE_SECONDS = 300.0
 HEADER_SECONDS = 10.0
 # Streams one client connection may have open at once.
 MAX_STREAMS = 1000
+
+
+def _retried(routes: Sequence[Route]) -> dict[str, Retry]:
+    """The retry policy of each method a route lists as safe to send twice (as grpc core's would be)."""
+    policies: dict[str, Retry] = {}
+    for route in routes:
+        policy = route.retry
+        if policy is None:
+            continue
+        retry = (policy.max_attempts, policy.initial_backoff, policy.max_backoff, policy.backoff_multiplier)
+        for name in policy.methods:
+            policies[f"/{route.service}/{name}"] = retry
+    return policies
 
 
 class NativeEngine:
@@ -68,6 +83,7 @@ class NativeEngine:
     def _set_plan(self, plan: Plan) -> None:
         config = plan.config
         chain = plan.chain
+        retried = _retried(config.routes)
         methods: dict[str, Method] = {
             path: (
                 route.upstream,
@@ -76,11 +92,13 @@ class NativeEngine:
                 route.server_streaming,
                 chain.methods[path].reads_request,
                 route.default_timeout,
+                None if route.kind != "unary_unary" else retried.get(path),
             )
             for path, route in plan.routes.methods.items()
         }
         for path, own in plan.own.items():
-            methods[path] = (LOCAL, own.service, own.client_streaming, own.server_streaming, False, None)
+            streams = (own.client_streaming, own.server_streaming)
+            methods[path] = (LOCAL, own.service, *streams, False, None, None)
         upstreams: dict[str, Upstream] = {LOCAL: ([self._local_target], None)}
         for index, route in enumerate(config.routes):
             tls = None if route.tls is None else upstream_pems(route.tls, f"routes[{index}].tls")
