@@ -68,13 +68,16 @@ proto-check: proto
 run: install
 	$(BIN)/python -m runtime.devstack --config $(or $(CONFIG),gateway/config/reference.toml)
 
-# Both runs go to the end whatever the first gives; what was skipped, and why, is printed last.
+# cargo test, every test (default engine), then the gateway's tests on the aio and native engines (but for
+# those marked engine_neutral, tests/conftest.py). Every run goes to the end whatever the others give;
+# what was skipped, and why, is printed last.
 test: install
 	rm -f $(VENV)/skipped.txt
 	status=0; \
 	(cd native && cargo test --locked --quiet) || status=$$?; \
 	GATEWAY_TEST_SKIPS=$(VENV)/skipped.txt $(BIN)/python -m pytest || status=$$?; \
 	GATEWAY_TEST_SKIPS=$(VENV)/skipped.txt $(BIN)/python -m pytest tests/gateway --gateway-engine aio || status=$$?; \
+	GATEWAY_TEST_SKIPS=$(VENV)/skipped.txt $(BIN)/python -m pytest tests/gateway --gateway-engine native || status=$$?; \
 	$(BIN)/python -m tests.support.skips $(VENV)/skipped.txt; \
 	exit $$status
 
