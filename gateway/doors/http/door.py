@@ -1,7 +1,8 @@
 """The HTTP/JSON door: an ASGI app that turns each HTTP request into a call through the same chain.
 
 A door only translates: the request's route, headers, path, query and body become a Call and its
-request message (by the method's descriptors); the chain decides; an admitted call is forwarded
+request message (by the method's descriptors); the chain decides, in the call's lifecycle
+(gateway/call/lifecycle.py), the same as every door's; an admitted call is forwarded
 upstream over gRPC; the reply, or the refusal, becomes HTTP: a status google.rpc.Code maps to, a
 JSON body (a ``google.rpc.Status`` for errors), ``Grpc-Metadata-*`` headers for the upstream's
 metadata. Server streaming replies are newline-delimited JSON, or Server-Sent Events when asked.
@@ -19,8 +20,9 @@ from urllib.parse import parse_qsl
 import grpc
 from google.protobuf.descriptor_pool import DescriptorPool
 
-from gateway.call.chain import Chain, Deferred, MethodChain
-from gateway.call.replies import reply_headers, unavailable_message, upstream_timeout
+from gateway.call.chain import Chain, MethodChain
+from gateway.call.lifecycle import Pending, begin, decide, end, upstream
+from gateway.call.replies import reply_headers, unavailable_message
 from gateway.call.requestid import HEADER as REQUEST_ID_HEADER
 from gateway.call.requestid import request_id_of
 from gateway.call.step import Call, Metadata, Refusal
@@ -163,21 +165,23 @@ class HttpDoor:
             body = await read_body(receive, plan.max_body_bytes)
         except Refused as refused:
             # Counted and logged as a call no route takes, as the gRPC door counts them.
-            observer = plan.chain.unrouted.observer
-            started = observer.start()
-            await _send_status(
-                send,
-                refused.http_status,
-                refused.code,
-                str(refused),
-                (),
-                request_id,
-                plan.pool,
-                refused.headers,
-            )
+            unrouted = plan.chain.unrouted
             facts = Call("http", path[:200], metadata, peer_of(scope), request_id or request_id_of(()))
             facts.trace = (scope, None, refused.http_status)  # for its span (gateway/ops/tracing.py)
-            observer.ended(facts, refused.code, started)
+            begin(unrouted, facts)
+            try:
+                await _send_status(
+                    send,
+                    refused.http_status,
+                    refused.code,
+                    str(refused),
+                    (),
+                    request_id,
+                    plan.pool,
+                    refused.headers,
+                )
+            finally:
+                end(unrouted, facts, refused.code)
             return
         await _Exchange(plan, matched, scope, metadata, request_id, timeout, body, send, receive).run()
 
@@ -218,18 +222,18 @@ class _Exchange(Observed):
         except BadRequest as error:
             await self._fail(grpc.StatusCode.INVALID_ARGUMENT, str(error), ())
             return
-        self.facts.first = requests[0] if requests else None
-        chain = self.chain
-        try:
-            verdict = chain.decide(self.facts) if not chain.waits else await chain.decide_waiting(self.facts)
-        except Deferred as deferred:  # a check must wait this once
-            verdict = await deferred.rest
+        facts = self.facts
+        facts.first = requests[0] if requests else None
+        verdict = decide(self.chain, facts)
+        if isinstance(verdict, Pending):
+            verdict = await verdict
         if verdict is not None:
             await self._refuse(verdict)
             return
         route = binding.route
-        timeout = upstream_timeout(self.timeout, route.default_timeout or plan.default_timeout)
-        metadata = chain.observer.forwarding(self.facts)
+        metadata, timeout = upstream(
+            self.chain, facts, self.timeout, route.default_timeout or plan.default_timeout
+        )
         if route.client_streaming:
             self.facts.received = len(requests)
         call: Any

@@ -2,8 +2,8 @@
 
 A ``POST /package.Service/Method`` with ``content-type: application/grpc-web`` (``+proto``) or
 ``application/grpc-web-text`` (base64; ``+proto`` too) is a gRPC call: unary or server streaming,
-through the method's chain like any other door's calls, forwarded as bytes. The wire format is
-gRPC's with the status moved into the body (grpc/doc/PROTOCOL-WEB.md):
+through the call's lifecycle like any other door's calls (gateway/call/lifecycle.py), forwarded as
+bytes. The wire format is gRPC's with the status moved into the body (grpc/doc/PROTOCOL-WEB.md):
 
 - each message is a frame: flag 0x00, its length (4 bytes, big-endian), its bytes;
 - the trailers are the last frame, flag 0x80, written as HTTP/1 header lines (``grpc-status: 0``);
@@ -29,7 +29,8 @@ from urllib.parse import quote
 import grpc
 
 from gateway.call.chain import MethodChain
-from gateway.call.replies import incomplete_request, reply_headers, unavailable_message, upstream_timeout
+from gateway.call.lifecycle import Pending, decide, upstream
+from gateway.call.replies import incomplete_request, reply_headers, unavailable_message
 from gateway.call.requestid import request_id_of
 from gateway.call.step import Call, Metadata, Refusal
 from gateway.doors.http.door import DoorPlan, HttpDoor
@@ -216,8 +217,9 @@ class _WebCall(Observed):
             await self._end(Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"{error}"))
             return
         facts.first = request  # what Call.message() decodes, if a step reads the request
-        chain = self.chain
-        verdict = chain.decide(facts) if not chain.waits else await chain.decide_waiting(facts)
+        verdict = decide(self.chain, facts)
+        if isinstance(verdict, Pending):
+            verdict = await verdict
         if verdict is not None:
             await self._end(verdict)
             return
@@ -265,8 +267,9 @@ class _WebCall(Observed):
 
     async def _forward(self, route: MethodRoute, request: bytes, remaining: float | None) -> None:
         plan = self.plan
-        seconds = upstream_timeout(remaining, route.default_timeout or plan.default_timeout)
-        metadata = self.chain.observer.forwarding(self.facts)
+        metadata, seconds = upstream(
+            self.chain, self.facts, remaining, route.default_timeout or plan.default_timeout
+        )
         call: Any
         if route.server_streaming:
             call = plan.caller(route)(request, timeout=seconds, metadata=metadata)

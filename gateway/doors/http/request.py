@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from gateway.call.chain import MethodChain
+from gateway.call.lifecycle import begin, end
 from gateway.call.step import Call, Metadata
 
 Scope = dict[str, Any]
@@ -114,18 +115,19 @@ async def read_body(receive: Receive, limit: int) -> bytes:
 
 
 class Observed(ABC):
-    """One call of an HTTP door, observed from its start to its end whatever ends it, with ``code``."""
+    """One call of an HTTP door, begun and ended (gateway/call/lifecycle.py), whatever ends it, with
+    ``code``."""
 
     chain: MethodChain
     facts: Call
     code: grpc.StatusCode
 
     async def run(self) -> None:
-        started = self.facts.started = self.chain.observer.start()
+        begin(self.chain, self.facts)
         try:
             await self._run()
         finally:
-            self.chain.observer.ended(self.facts, self.code, started)
+            end(self.chain, self.facts, self.code)
 
     @abstractmethod
     async def _run(self) -> None:

@@ -1,33 +1,23 @@
-"""The HTTP doors' unary calls upstream: on grpc.aio's channels, through the channel's own call.
+"""The HTTP doors' unary calls upstream, on grpc.aio's public API.
 
-grpc.aio's ``UnaryUnaryCall`` runs each call in a task of its own and wraps it in interceptor,
-serializer and census machinery, then answers three awaits (the reply, its metadata, its status).
-The doors make the request's bytes themselves and read the answer whole, so they await the
-channel's cygrpc call and its one batch directly: 181 against 211 µs of CPU per call, 4 calls at
-once on uvloop, interleaved rounds of 20,000 (``GetUser``, the process's every thread). The call
-is the one grpc.aio's own ``UnaryUnaryCall`` makes (``Channel._channel.call``), on the same channel,
-so options, TLS, keepalive and reconnection are the channel's; grpcio is pinned to the minor
-release this is tested on (pyproject.toml), as the core engine already needs.
-
-On the core engine the doors once used the engine's cygrpc channels instead, whose completions
-arrive on a channel thread and are handed to the event loop: no cheaper than grpc.aio (232-212
-against 215-203 µs in the same measurement), since the hand-over costs what the loop saves.
+The doors make the request's bytes themselves and read the answer whole: a call is the channel's
+``unary_unary`` multicallable with no serializers (raw bytes both ways), awaited once, its
+metadata and status read from the finished call, so options, TLS, keepalive and reconnection are
+the channel's. ``python -m bench.door_cost`` measures its cost per call (the upstream call alone, as
+the door makes it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from grpc._common import CYGRPC_STATUS_CODE_TO_STATUS_CODE
 
 from gateway.call.step import Metadata
 
 _OK = grpc.StatusCode.OK
-_LEFT = "the caller went away"
 
 
 @dataclass(frozen=True)
@@ -51,10 +41,11 @@ def failed(error: grpc.aio.AioRpcError) -> UnaryReply:
 
 class UnaryCall:
     """``request`` to ``method`` on ``channel`` (a grpc.aio channel), within ``seconds`` (None: no
-    deadline), raw bytes both ways. The call starts when ``answer`` is awaited; cancelling it, or
-    the task awaiting it, cancels the upstream call."""
+    deadline), raw bytes both ways. The call is made at once and goes out on the event loop's next
+    turn; ``answer`` awaits it. Cancelling it, or the task awaiting ``answer``, cancels the upstream
+    call."""
 
-    __slots__ = ("_call", "_metadata", "_request")
+    __slots__ = ("_call",)
 
     def __init__(
         self,
@@ -64,26 +55,26 @@ class UnaryCall:
         metadata: Metadata,
         seconds: float | None,
     ) -> None:
-        deadline = None if seconds is None else time.time() + seconds
-        # (method, deadline, call credentials, wait_for_ready, registered method handle), as grpc.aio's
-        # own unary calls make it.
-        self._call: Any = channel._channel.call(method.encode(), deadline, None, None, 0)
-        self._request = request
-        self._metadata = metadata
+        multicallable = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        self._call: Any = multicallable(request, timeout=seconds, metadata=metadata)
 
     async def answer(self) -> UnaryReply:
-        """What the upstream answered, failures included."""
+        """What the upstream answered, failures included.
+
+        Raises:
+            asyncio.CancelledError: the call was cancelled (by :meth:`cancel`, or the awaiting task).
+        """
         call = self._call
         try:
-            reply: bytes | None = await call.unary_unary(self._request, self._metadata)
+            reply: bytes | None = await call
+        except grpc.aio.AioRpcError as error:
+            return failed(error)
         except asyncio.CancelledError:
             self.cancel()
             raise
-        status = await call.status()
-        code = CYGRPC_STATUS_CODE_TO_STATUS_CODE.get(status.code(), grpc.StatusCode.UNKNOWN)
         initial = tuple(await call.initial_metadata() or ())
-        trailers = tuple(status.trailing_metadata() or ())
-        return UnaryReply(code, status.details() or "", reply if code is _OK else None, initial, trailers)
+        trailers = tuple(await call.trailing_metadata() or ())
+        return UnaryReply(_OK, await call.details() or "", reply, initial, trailers)
 
     def done(self) -> bool:
         done: bool = self._call.done()
@@ -91,4 +82,4 @@ class UnaryCall:
 
     def cancel(self) -> None:
         if not self._call.done():
-            self._call.cancel(_LEFT)
+            self._call.cancel()

@@ -1,10 +1,10 @@
-"""The aio engine's door: each call's facts from its servicer context, its chain run, its end observed.
+"""The aio engine's door: each call's facts from its servicer context, through the call's lifecycle.
 
 A handler of the method's own kind wraps what serves the call (a forwarder, or the gateway's own
 health and reflection): grpc.aio calls it with the request (or the request iterator) and the
-context, which has the caller's address, so every check of the chain runs here, in order, before
-the call is served. A refusal is an abort with the refusal's status, message and trailers, after
-initial metadata with the request id.
+context, which has the caller's address, so the chain decides here (gateway/call/lifecycle.py)
+before the call is served. A refusal is an abort with the refusal's status, message and trailers,
+after initial metadata with the request id.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 
 import grpc
 
-from gateway.call.chain import Deferred, MethodChain
+from gateway.call.chain import MethodChain
+from gateway.call.lifecycle import Pending, begin, decide, end
 from gateway.call.replies import refusal_headers
 from gateway.call.requestid import request_id_of
 from gateway.call.step import Call
@@ -34,7 +35,7 @@ async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIter
 
 
 class Admission:
-    """Runs one method's chain for each call to ``path``."""
+    """The calls of one method (``path``): their facts, and the lifecycle around what serves them."""
 
     def __init__(self, chain: MethodChain, path: str, requests_stream: bool) -> None:
         self._chain = chain
@@ -42,46 +43,42 @@ class Admission:
         self._requests_stream = requests_stream
         self._read_first = requests_stream and chain.reads_request
 
-    async def admit(self, facts: Call, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        """Run the chain; the request (iterator) to serve the call with. Aborts a refused call."""
-        chain = self._chain
-        if self._read_first:
-            iterator = aiter(request)
-            facts.first = await anext(iterator, None)
-            request = _prepend(facts.first, iterator)
-        elif not self._requests_stream:
-            facts.first = request
-        try:
-            verdict = chain.decide(facts) if not chain.waits else await chain.decide_waiting(facts)
-        except Deferred as deferred:  # a check must wait this once
-            verdict = await deferred.rest
-        if verdict is not None:
-            await context.send_initial_metadata(refusal_headers(facts))
-            await context.abort(verdict.code, verdict.message, verdict.trailers)
-        return request
-
     def wrap(self, serve: Serve) -> Callable[[Any, grpc.aio.ServicerContext], Any]:
-        """``serve`` admitted and observed, as a grpc.aio behaviour (a coroutine for every kind)."""
+        """``serve`` admitted and observed, as a grpc.aio behaviour (a coroutine for every kind).
+
+        A refused call is aborted with the refusal's status, message and trailers, after initial
+        metadata with the request id.
+        """
         chain = self._chain
-        observer = chain.observer
         request_type = chain.request_type
-        admit = self.admit
         path = self._path
+        read_first = self._read_first
+        unary_request = not self._requests_stream
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = observer.start()
             metadata = context.invocation_metadata() or ()
             facts = Call("grpc", path, metadata, context.peer, request_id_of(metadata), request_type)
-            facts.started = started
+            begin(chain, facts)
             error: BaseException | None = None
             try:
-                request = await admit(facts, request, context)
+                if read_first:
+                    iterator = aiter(request)
+                    facts.first = await anext(iterator, None)
+                    request = _prepend(facts.first, iterator)
+                elif unary_request:
+                    facts.first = request
+                verdict = decide(chain, facts)
+                if isinstance(verdict, Pending):
+                    verdict = await verdict
+                if verdict is not None:
+                    await context.send_initial_metadata(refusal_headers(facts))
+                    await context.abort(verdict.code, verdict.message, verdict.trailers)
                 return await serve(request, context, facts)
             except BaseException as exc:
                 error = exc
                 raise
             finally:
-                observer.ended(facts, final_code(context, error), started)
+                end(chain, facts, final_code(context, error))
 
         return behavior
 

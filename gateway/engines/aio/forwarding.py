@@ -12,8 +12,9 @@ from typing import Any
 
 import grpc
 
-from gateway.call.chain import CallObserver
-from gateway.call.replies import reply_headers, unavailable_message, upstream_timeout
+from gateway.call.chain import MethodChain
+from gateway.call.lifecycle import upstream
+from gateway.call.replies import reply_headers, unavailable_message
 from gateway.call.step import Call, Metadata
 from gateway.routing.table import MethodRoute
 from gateway.routing.threaded import ThreadedStreamCall
@@ -28,13 +29,11 @@ async def _counted(requests: AsyncIterable[bytes], facts: Call) -> AsyncIterator
 class Forwarder:
     """Forwards the calls of one method; built once per configuration."""
 
-    def __init__(
-        self, route: MethodRoute, channel: Any, observer: CallObserver, blocking: bool = False
-    ) -> None:
-        """``blocking``: ``channel`` is of grpc's blocking API, and calls go out from a thread each
-        (client streams: see gateway/routing/threaded.py)."""
+    def __init__(self, route: MethodRoute, channel: Any, chain: MethodChain, blocking: bool = False) -> None:
+        """``chain``: the method's; ``blocking``: ``channel`` is of grpc's blocking API, and calls go
+        out from a thread each (client streams: see gateway/routing/threaded.py)."""
         self.route = route
-        self._observer = observer
+        self._chain = chain
         # No serializers: requests and replies stay raw bytes.
         multicallable = getattr(channel, route.kind)(
             route.path, request_serializer=None, response_deserializer=None
@@ -51,11 +50,8 @@ class Forwarder:
     def _start(self, request: Any, context: grpc.aio.ServicerContext, facts: Call) -> Any:
         if self.route.client_streaming:
             request = _counted(request, facts)
-        return self._call(
-            request,
-            timeout=upstream_timeout(context.time_remaining(), self._default_timeout),
-            metadata=self._observer.forwarding(facts),
-        )
+        metadata, timeout = upstream(self._chain, facts, context.time_remaining(), self._default_timeout)
+        return self._call(request, timeout=timeout, metadata=metadata)
 
     async def unary_reply(self, request: Any, context: grpc.aio.ServicerContext, facts: Call) -> bytes:
         call = self._start(request, context, facts)

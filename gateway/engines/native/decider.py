@@ -3,12 +3,12 @@ and observed.
 
 The native data plane (Rust, ``gateway_native``) carries the bytes on its own I/O threads, which never
 take the GIL. It queues each call's facts (an ``Arrival``) and each call's end (an ``Ending``); this
-thread takes them in batches, runs the method's chain on each arrival and answers it (admit with the
-metadata to send upstream, or refuse), and reports each ending to the method's observer. One thread
-decides, as one thread did on every engine before: the in-memory rate-limit store and users' ``def``
-steps count on it, and the plan's periodic jobs run here too, between batches. A chain that waits
-(Redis, a user's ``async def`` step, a JWKS refetch) is finished on the event loop and answered from
-there, so the thread goes on with the next call meanwhile.
+thread takes them in batches, decides each arrival and answers it (admit with the metadata to send
+upstream, or refuse), and reports each ending, through the call's lifecycle as every door does
+(gateway/call/lifecycle.py). One thread decides, as one thread did on every engine before: the
+in-memory rate-limit store and users' ``def`` steps count on it, and the plan's periodic jobs run here
+too, between batches. A chain that waits (Redis, a user's ``async def`` step, a JWKS refetch) is
+finished on the event loop and answered from there, so the thread goes on with the next call meanwhile.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from collections.abc import Callable
+from typing import cast
 
 import grpc
 from gateway_native import Arrival, Ending, Server
 
-from gateway.call.chain import Chain, Deferred, MethodChain
+from gateway.call.chain import Chain, MethodChain
+from gateway.call.lifecycle import Pending, begin, decide, end, upstream_metadata
 from gateway.call.replies import refusal_headers, reply_headers
 from gateway.call.requestid import request_id_of
 from gateway.call.step import Call, Verdict
@@ -32,8 +33,8 @@ log = logging.getLogger("gateway.native")
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
-# What an answered call carries to its Ending: its chain, its facts, when it started.
-Token = tuple[MethodChain, Call, float]
+# What an answered call carries to its Ending: its chain and its facts.
+Token = tuple[MethodChain, Call]
 
 
 def _peer(peer: str) -> Callable[[], str]:
@@ -72,22 +73,16 @@ class Decider:
             "grpc", arrival.method, metadata, _peer(arrival.peer), request_id_of(metadata), chain.request_type
         )
         facts.first = arrival.first
-        started = facts.started = chain.observer.start()
-        if chain.waits:
-            self._finish_on_loop(arrival, chain, facts, chain.decide_waiting(facts))
+        begin(chain, facts)
+        verdict = decide(chain, facts)
+        if isinstance(verdict, Pending):
+            self._finish_on_loop(arrival, chain, facts, verdict)
             return
-        try:
-            verdict = chain.decide(facts)
-        except Deferred as deferred:  # a check must wait this once
-            self._finish_on_loop(arrival, chain, facts, deferred.rest)
-            return
-        _answer(arrival, chain, facts, started, verdict)
+        _answer(arrival, chain, facts, verdict)
 
-    def _finish_on_loop(
-        self, arrival: Arrival, chain: MethodChain, facts: Call, rest: Coroutine[Any, Any, Verdict]
-    ) -> None:
+    def _finish_on_loop(self, arrival: Arrival, chain: MethodChain, facts: Call, pending: Pending) -> None:
         async def finish() -> None:
-            _answer(arrival, chain, facts, facts.started, await rest)
+            _answer(arrival, chain, facts, await pending)
 
         def spawn() -> None:
             task = self._loop.create_task(finish())
@@ -101,19 +96,18 @@ class Decider:
         if token is None:  # refused by the native side itself (draining, out of time) before a decision
             chain = self.chain.of(ending.method)
             facts = Call("grpc", ending.method, (), _peer(""), request_id_of(()), None)
-            chain, started = chain, chain.observer.start()
+            begin(chain, facts)
         else:
-            chain, facts, started = cast(Token, token)
+            chain, facts = cast(Token, token)
         facts.received = ending.received
         facts.sent = ending.sent
-        chain.observer.ended(facts, _CODES.get(ending.code, grpc.StatusCode.UNKNOWN), started)
+        end(chain, facts, _CODES.get(ending.code, grpc.StatusCode.UNKNOWN))
 
 
-def _answer(arrival: Arrival, chain: MethodChain, facts: Call, started: float, verdict: Verdict) -> None:
-    token: Token = (chain, facts, started)
+def _answer(arrival: Arrival, chain: MethodChain, facts: Call, verdict: Verdict) -> None:
+    token: Token = (chain, facts)
     if verdict is None:
-        facts.upstream_started = time.perf_counter()
-        arrival.admit(token, chain.observer.forwarding(facts), reply_headers(None, facts))
+        arrival.admit(token, upstream_metadata(chain, facts), reply_headers(None, facts))
     else:
         arrival.refuse(
             token, verdict.code.value[0], verdict.message, refusal_headers(facts), verdict.trailers
