@@ -1,6 +1,9 @@
 //! The queue between the I/O threads and the one Python thread that decides: arrivals (each with a oneshot
 //! for its verdict) and endings. The I/O threads never take the GIL; they only push here.
 
+use std::io::{Read, Write};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -58,19 +61,32 @@ pub enum Event {
 }
 
 /// An unbounded multi-producer queue with one consumer, closed once the server has stopped.
+///
+/// Besides waiting on it ([`Queue::batch`]), the consumer may watch a socket, the bell: one byte is
+/// written to it when the queue turns from drained to not, so that an event loop (asyncio's
+/// `add_reader`) wakes only when there is work, and takes it without blocking ([`Queue::take`]).
 pub struct Queue {
     tx: Sender<Event>,
     rx: Receiver<Event>,
     closed: AtomicBool,
+    bell: UnixStream,
+    ear: UnixStream,
+    rung: AtomicBool,
 }
 
 impl Default for Queue {
     fn default() -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let (bell, ear) = UnixStream::pair().expect("a socket pair for the queue's bell");
+        bell.set_nonblocking(true).expect("a non-blocking bell");
+        ear.set_nonblocking(true).expect("a non-blocking bell");
         Queue {
             tx,
             rx,
             closed: AtomicBool::new(false),
+            bell,
+            ear,
+            rung: AtomicBool::new(false),
         }
     }
 }
@@ -79,11 +95,50 @@ impl Queue {
     pub fn push(&self, event: Event) {
         // The queue owns its receiver, so a send cannot fail.
         let _ = self.tx.send(event);
+        self.ring();
+    }
+
+    /// One byte on the bell, unless one is already waiting to be heard. A full socket buffer means
+    /// the consumer has bytes to read anyway, so a failed write loses no wake-up.
+    fn ring(&self) {
+        if !self.rung.swap(true, Ordering::SeqCst) {
+            let _ = (&self.bell).write(&[1]);
+        }
     }
 
     /// No more events will be waited for: `next_batch` returns None once the queue is empty.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.ring();
+    }
+
+    /// The socket the bell rings on, for an event loop to watch.
+    pub fn fileno(&self) -> RawFd {
+        self.ear.as_raw_fd()
+    }
+
+    /// What is queued now (at most [`BATCH`]), without waiting; None once closed and empty. The bell's
+    /// bytes are read first, then it is re-armed, then the queue is taken: an event pushed before the
+    /// re-arming is taken here, one pushed after it rings again (never a byte read with the bell
+    /// still armed, which would lose the next wake-up).
+    pub fn take(&self) -> Option<Vec<Event>> {
+        let mut heard = [0u8; 64];
+        while matches!((&self.ear).read(&mut heard), Ok(n) if n > 0) {}
+        self.rung.store(false, Ordering::SeqCst);
+        let mut events = Vec::new();
+        while events.len() < BATCH {
+            match self.rx.try_recv() {
+                Ok(event) => events.push(event),
+                Err(_) => break,
+            }
+        }
+        if events.is_empty() && self.is_closed() {
+            return None;
+        }
+        if events.len() == BATCH {
+            self.ring(); // more may be waiting: the consumer comes back for them
+        }
+        Some(events)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -126,6 +181,22 @@ mod tests {
             received: 1,
             sent: 1,
         })
+    }
+
+    #[test]
+    fn the_bell_rings_once_until_taken() {
+        let queue = Queue::default();
+        let mut heard = [0u8; 8];
+        assert!((&queue.ear).read(&mut heard).is_err()); // nothing yet: would block
+        queue.push(ending(0));
+        queue.push(ending(1));
+        assert_eq!((&queue.ear).read(&mut heard).unwrap(), 1); // one byte for both
+        assert_eq!(queue.take().unwrap().len(), 2);
+        queue.push(ending(2));
+        assert_eq!(queue.take().unwrap().len(), 1); // rang again after the take
+        assert!(queue.take().unwrap().is_empty());
+        queue.close();
+        assert!(queue.take().is_none());
     }
 
     #[test]

@@ -229,6 +229,24 @@ impl PyServer {
         }
     }
 
+    /// The socket that becomes readable when events are waiting: for `loop.add_reader`, with
+    /// `take_batch` as its callback.
+    fn fileno(&self) -> i64 {
+        i64::from(self.inner.shared().queue.fileno())
+    }
+
+    /// The events waiting now (at most 256), without blocking; None once stopped and empty.
+    fn take_batch(&self, py: Python<'_>) -> PyResult<Option<Vec<Py<PyAny>>>> {
+        match self.inner.shared().queue.take() {
+            None => Ok(None),
+            Some(events) => events
+                .into_iter()
+                .map(|event| event_to_py(py, event))
+                .collect::<PyResult<_>>()
+                .map(Some),
+        }
+    }
+
     /// New calls are refused at once (UNAVAILABLE) from now on.
     fn drain(&self) {
         self.inner.drain();

@@ -255,9 +255,9 @@ async def test_a_refused_login_is_said_in_words(services: Services, tmp_path: Pa
 
 @pytest.mark.xfail(
     gateway_engine() == "native",
-    reason="known bug: on the native engine, with both cores busy, most of a fresh gateway's first "
-    "waiting decisions outlast the storage timeout (the decider thread hands them to the event loop one "
-    "by one); issue 21",
+    reason="known bug: on the native engine, with both cores busy, a fresh gateway's 50 simultaneous "
+    "waiting decisions start on the loop at once and most outlast the 50 ms storage timeout queued "
+    "behind each other's Python work; issue 21",
     strict=True,
 )
 async def test_fresh_gateways_are_exact_from_their_first_call(services: Services, tmp_path: Path) -> None:

@@ -1,21 +1,23 @@
-"""The native engine's decider: the one Python thread where every call of the native door is decided
-and observed.
+"""The native engine's decider: where every call of the native door is decided and observed, on the
+event loop's thread.
 
 The native data plane (Rust, ``gateway_native``) carries the bytes on its own I/O threads, which never
-take the GIL. It queues each call's facts (an ``Arrival``) and each call's end (an ``Ending``); this
-thread takes them in batches, decides each arrival and answers it (admit with the metadata to send
-upstream, or refuse), and reports each ending, through the call's lifecycle as every door does
-(gateway/call/lifecycle.py). One thread decides, as one thread did on every engine before: the
-in-memory rate-limit store and users' ``def`` steps count on it, and the plan's periodic jobs run here
-too, between batches. A chain that waits (Redis, a user's ``async def`` step, a JWKS refetch) is
-finished on the event loop and answered from there, so the thread goes on with the next call meanwhile.
+take the GIL. It queues each call's facts (an ``Arrival``) and each call's end (an ``Ending``), and
+rings a socket when the queue turns non-empty; the event loop watches that socket and takes the
+queue in batches, decides each arrival and answers it (admit with the metadata to send upstream, or
+refuse), and reports each ending, through the call's lifecycle as every door does
+(gateway/call/lifecycle.py). One Python thread decides, as one thread did on every engine before:
+the in-memory rate-limit store and users' ``def`` steps count on it. It is the loop's own thread, so
+a chain that waits (Redis, a user's ``async def`` step, a JWKS refetch) goes on as a task on the
+same thread, with no hand-over between Python threads: under CPU contention each such hand-over
+waited on the scheduler and for the GIL, and a burst of waiting decisions outlasted the store's
+timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import cast
 
@@ -27,7 +29,6 @@ from gateway.call.lifecycle import Pending, begin, decide, end, upstream_metadat
 from gateway.call.replies import refusal_headers, reply_headers
 from gateway.call.requestid import request_id_of
 from gateway.call.step import Call, Verdict
-from gateway.engines.base import TICK_SECONDS
 
 log = logging.getLogger("gateway.native")
 
@@ -42,29 +43,36 @@ def _peer(peer: str) -> Callable[[], str]:
 
 
 class Decider:
-    """Decides and observes the calls of one native server, under the current plan's chain."""
+    """Decides and observes the calls of one native server, under the current plan's chain.
 
-    def __init__(self, server: Server, chain: Chain, tick: Callable[[], None]) -> None:
+    Build it inside the running event loop; ``start`` watches the server's queue, and ``stopped``
+    is done once the server has stopped and its queue is empty.
+    """
+
+    def __init__(self, server: Server, chain: Chain) -> None:
         self.chain = chain  # swapped whole by the engine on a reload
         self._server = server
-        self._tick = tick
         self._loop = asyncio.get_running_loop()
         self._waiting: set[asyncio.Task[None]] = set()
+        self.stopped: asyncio.Future[None] = self._loop.create_future()
 
-    def run(self) -> None:
-        """The thread's body: until the server has stopped and its queue is empty."""
-        server = self._server
-        next_tick = time.monotonic() + TICK_SECONDS
-        while (batch := server.next_batch(TICK_SECONDS)) is not None:
-            for event in batch:
-                if isinstance(event, Ending):
-                    self._ended(event)
-                else:
-                    self._decide(event)
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + TICK_SECONDS
-                self._tick()
+    def start(self) -> None:
+        self._loop.add_reader(self._server.fileno(), self._take)
+
+    def _take(self) -> None:
+        """One batch of what is queued (the queue rings again while more waits, so other callbacks
+        of the loop run between batches of a flood)."""
+        batch = self._server.take_batch()
+        if batch is None:
+            self._loop.remove_reader(self._server.fileno())
+            if not self.stopped.done():
+                self.stopped.set_result(None)
+            return
+        for event in batch:
+            if isinstance(event, Ending):
+                self._ended(event)
+            else:
+                self._decide(event)
 
     def _decide(self, arrival: Arrival) -> None:
         chain = self.chain.of(arrival.method)
@@ -84,12 +92,9 @@ class Decider:
         async def finish() -> None:
             _answer(arrival, chain, facts, await pending)
 
-        def spawn() -> None:
-            task = self._loop.create_task(finish())
-            self._waiting.add(task)
-            task.add_done_callback(self._waiting.discard)
-
-        self._loop.call_soon_threadsafe(spawn)
+        task = self._loop.create_task(finish())
+        self._waiting.add(task)
+        task.add_done_callback(self._waiting.discard)
 
     def _ended(self, ending: Ending) -> None:
         token = ending.token

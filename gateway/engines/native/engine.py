@@ -1,5 +1,5 @@
 """The native engine: the gRPC door carried by the native data plane (Rust: tokio, hyper, rustls), every
-call decided and observed in Python on one thread of its own (``decider.py``).
+call decided and observed in Python on the event loop's thread (``decider.py``).
 
 The gateway's own health and reflection stay on a grpc.aio server on a private unix socket, which the
 native side reaches as one more upstream ("local"), as every other call: decided by the same chain.
@@ -8,9 +8,9 @@ native side reaches as one more upstream ("local"), as every other call: decided
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
-import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -18,7 +18,7 @@ import grpc
 from gateway_native import Server
 
 from gateway.config.schema import Route
-from gateway.engines.base import Retired
+from gateway.engines.base import TICK_SECONDS, Retired
 from gateway.engines.native.decider import Decider
 from gateway.ops.own_services import OwnServices
 from gateway.plan import Plan
@@ -77,7 +77,7 @@ class NativeEngine:
             header_timeout=HEADER_SECONDS,
         )
         self._decider: Decider | None = None
-        self._thread: threading.Thread | None = None
+        self._ticking: asyncio.Task[None] | None = None
         self._retired = Retired()
 
     def _set_plan(self, plan: Plan) -> None:
@@ -121,9 +121,9 @@ class NativeEngine:
             shutil.rmtree(self._folder, ignore_errors=True)
             raise cannot_listen(self.plan.config.listen) from error
         self._set_plan(self.plan)
-        self._decider = Decider(self._server, self.plan.chain, self.tick)
-        self._thread = threading.Thread(target=self._decider.run, name="gateway-decider", daemon=True)
-        self._thread.start()
+        self._decider = Decider(self._server, self.plan.chain)
+        self._decider.start()
+        self._ticking = asyncio.create_task(self._tick_forever())
 
     def swap(self, plan: Plan) -> None:
         if self._decider is None:
@@ -132,14 +132,25 @@ class NativeEngine:
         self._set_plan(plan)
         self.plan = plan
 
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            self.tick()
+
     def tick(self) -> None:
-        """On the decider's thread, where memory-storage decisions run too."""
+        """On the event loop, where this engine's decisions run too."""
         self.plan.tick()
 
     async def stop(self, grace: float) -> None:
         self._server.drain()
+        # The server waits for calls in flight on a thread of its own; their ends, and any decision
+        # still to make, are taken on this loop meanwhile.
         await asyncio.to_thread(self._server.stop, grace)
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+        if self._decider is not None:
+            await self._decider.stopped
+        if self._ticking is not None:
+            self._ticking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticking
         await self._local.stop(0)
         shutil.rmtree(self._folder, ignore_errors=True)
