@@ -7,7 +7,7 @@ import re
 import grpc
 import pytest
 
-from gateway.doors.http.status import HTTP_STATUS
+from gateway.call.replies import HTTP_STATUS
 from gateway.routing.http.templates import TemplateError, parse_template
 
 # The same on either engine (tests/conftest.py).

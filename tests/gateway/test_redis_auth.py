@@ -257,8 +257,8 @@ async def test_a_refused_login_is_said_in_words(services: Services, tmp_path: Pa
     gateway_engine() == "native",
     reason="known bug: on the native engine, with both cores busy, a fresh gateway's 50 simultaneous "
     "waiting decisions start on the loop at once and most outlast the 50 ms storage timeout queued "
-    "behind each other's Python work; issue 21",
-    strict=True,
+    "behind each other's Python work; issue 21. Not strict: on a less loaded run it passes",
+    strict=False,
 )
 async def test_fresh_gateways_are_exact_from_their_first_call(services: Services, tmp_path: Path) -> None:
     """Two gateways just started (SERVING), both cores busy, 100 calls at once for one user at 5/30 s

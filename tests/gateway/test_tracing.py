@@ -534,10 +534,3 @@ def test_a_gateway_that_does_not_trace_never_imports_the_sdk(tmp_path: Path) -> 
             [sys.executable, "-c", script], env={**clean, **env}, capture_output=True, text=True, timeout=60
         )
         assert done.stdout.split() == ["True", "False"], done.stderr
-
-
-def test_the_http_status_of_each_code_is_the_http_doors() -> None:
-    from gateway.doors.http.status import HTTP_STATUS as DOOR
-    from gateway.ops.tracing import HTTP_STATUS
-
-    assert HTTP_STATUS == DOOR

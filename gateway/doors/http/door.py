@@ -22,7 +22,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 
 from gateway.call.chain import Chain, MethodChain
 from gateway.call.lifecycle import Pending, begin, decide, end, upstream
-from gateway.call.replies import reply_headers, unavailable_message
+from gateway.call.replies import HTTP_STATUS, reply_headers, unavailable_message
 from gateway.call.requestid import HEADER as REQUEST_ID_HEADER
 from gateway.call.requestid import request_id_of
 from gateway.call.step import Call, Metadata, Refusal
@@ -38,7 +38,7 @@ from gateway.doors.http.request import (
     request_metadata,
     served_unless_gone,
 )
-from gateway.doors.http.status import HTTP_STATUS, status_json
+from gateway.doors.http.status import status_json
 from gateway.doors.http.transcode import BadRequest, parse_json, reply_json, request_message
 from gateway.doors.http.upstream import UnaryCall, UnaryReply, failed
 from gateway.routing.health import Upstreams
