@@ -27,6 +27,7 @@ from gateway.ops.observe import Observability
 from gateway.plan import Plan, load_plan
 from gateway.routing.table import RouteTable, build_routes, load_catalog
 from tests.gateway.configs import API_KEY, PER_USER_RULE, USERS, gateway_toml
+from tests.gateway.test_chain import Recorded
 
 # No engine takes part (tests/conftest.py).
 pytestmark = pytest.mark.engine_neutral
@@ -61,19 +62,6 @@ class Recorder:
 
     def named(self, name: str) -> list[Any]:
         return [value for event, value in self.events if event == name]
-
-
-class Noted:
-    """A plain step that notes its name and lets the call go on, or refuses."""
-
-    def __init__(self, name: str, seen: list[str], refusal: Refusal | None = None) -> None:
-        self.name = name
-        self._seen = seen
-        self._refusal = refusal
-
-    def check(self, call: Call) -> Refusal | None:
-        self._seen.append(self.name)
-        return self._refusal
 
 
 class Awaits:
@@ -123,7 +111,7 @@ ROUTES = _routes()
 
 
 def one_chain(seen: list[str], *placements: Placement, observer: Recorder | None = None) -> MethodChain:
-    built_in = {name: Noted(name, seen) for name in BUILT_IN_ORDER}
+    built_in = {name: Recorded(name, seen) for name in BUILT_IN_ORDER}
     recorder = observer or Recorder()
     chain = Chain(
         ordered(built_in, list(placements)),
@@ -161,7 +149,7 @@ def test_a_chain_that_never_waits_decides_inline() -> None:
     assert decide(chain, facts()) is None
     assert seen == list(BUILT_IN_ORDER)
     refusal = Refusal(grpc.StatusCode.PERMISSION_DENIED, "no")
-    refusing = one_chain(seen, Placement(Noted("no", seen, refusal), "no", after="auth"))
+    refusing = one_chain(seen, Placement(Recorded("no", seen, refusal), "no", after="auth"))
     assert decide(refusing, facts()) is refusal
 
 
