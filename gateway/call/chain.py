@@ -9,11 +9,10 @@
 - ``rate_limit``: spend budget of every rule that covers the method (RESOURCE_EXHAUSTED).
 
 The chain is compiled once per method and configuration (a step's ``for_method`` says whether it
-checks a method at all), so a call runs only the checks that apply to it. A door builds the
-:class:`~gateway.call.step.Call`, reads the first request if ``reads_request``, and runs
-``decide`` (every check inline) or, if ``waits``, awaits ``decide_waiting`` on the event loop.
-A plain check may still, rarely, have to wait (a token signed with a key its issuer has just
-published): ``decide`` then raises :class:`Deferred`, and the door awaits its ``rest`` on the loop.
+checks a method at all), so a call runs only the checks that apply to it. Doors do not call it
+directly: gateway/call/lifecycle.py runs ``decide`` (every check inline) or, if ``waits``,
+``decide_waiting`` on the event loop, and turns :class:`Deferred` (a plain check that must wait
+this once, e.g. for a key its issuer has just published) into a ``Pending`` the door awaits.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ class CallObserver(Protocol):
     def start(self) -> float: ...
 
     def forwarding(self, call: Call) -> Metadata:
-        """The metadata to send upstream with ``call``: the door calls it as it forwards the call."""
+        """The metadata to send upstream with ``call``: the lifecycle asks for it as the call is forwarded."""
         ...
 
     def ended(self, call: Call, code: grpc.StatusCode, started: float) -> None: ...
