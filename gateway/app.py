@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import resource
@@ -134,6 +135,11 @@ class Gateway:
         # Each route's status first: once the gateway says SERVING, every route's status is known.
         await self._monitor.check_all()
         await self._await_token_keys(self.plan, None)
+        # What start-up made lives as long as the process: out of the collector's sight, so that the
+        # first full collection (the first burst of calls sets it off) does not scan all of it, a
+        # pause that outlasts the storage timeout of every decision waiting on Redis meanwhile.
+        gc.collect()
+        gc.freeze()
         await self._own.set_health("", health_pb2.HealthCheckResponse.SERVING)
         self._monitoring = asyncio.create_task(self._monitor.run())
 

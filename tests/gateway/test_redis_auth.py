@@ -38,7 +38,7 @@ from tests.gateway.redis_auth_support import (
     printing_gateway,
 )
 from tests.gateway.test_shared_limits import get_user, many_calls
-from tests.support.processes import free_port, gateway_engine
+from tests.support.processes import free_port
 from tests.support.redis import (
     RedisCluster,
     RedisSentinel,
@@ -253,13 +253,6 @@ async def test_a_refused_login_is_said_in_words(services: Services, tmp_path: Pa
     assert "Redis user 'limited' lacks a permission the gateway needs: NOPERM" in third
 
 
-@pytest.mark.xfail(
-    gateway_engine() == "native",
-    reason="known bug: on the native engine, with both cores busy, a fresh gateway's 50 simultaneous "
-    "waiting decisions start on the loop at once and most outlast the 50 ms storage timeout queued "
-    "behind each other's Python work; issue 21. Not strict: on a less loaded run it passes",
-    strict=False,
-)
 async def test_fresh_gateways_are_exact_from_their_first_call(services: Services, tmp_path: Path) -> None:
     """Two gateways just started (SERVING), both cores busy, 100 calls at once for one user at 5/30 s
     with the default 50 ms storage timeout: exactly 5 pass, and no decision timed out; 10 times,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import ssl
 import time
 from collections import deque
@@ -187,6 +188,14 @@ class RedisConnection(asyncio.Protocol):
             self._transport.write(b"".join(self._out))
         self._out.clear()
 
+    def unread(self) -> bool:
+        """Whether bytes from the server wait in the socket, not read yet: the event loop was busy."""
+        sock = self._transport.get_extra_info("socket") if self._transport is not None else None
+        if sock is None or not self.open:
+            return False
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        return bool(readable)
+
     @property
     def stalled(self) -> bool:
         """Commands are owed and nothing came back for STALLED_SECONDS."""
@@ -344,6 +353,10 @@ class Link:
             self.ready = None
             if not self._closed:
                 self.start()
+
+    def unread(self) -> bool:
+        """Whether the server's replies wait on the ready connection, not read yet."""
+        return self.ready is not None and self.ready.unread()
 
     async def send(self, command: bytes) -> Reply:
         """Send one command on a ready connection; its reply.

@@ -10,7 +10,8 @@ once to the node named).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 
 from gateway.config.secrets import shown_uri
 from gateway.policy.ratelimit.connection import ConnectionLost, Link, Refused
@@ -40,6 +41,11 @@ ASKING = encode(b"ASKING")
 
 # An outcome of one rule: allowed, remaining, milliseconds until there is room again.
 Outcome = tuple[bool, int, int]
+
+
+# Turns of the event loop a decision's deadline may move by while Redis's replies wait unread
+# (RedisStore.within): one reads them, one resumes the decision; more allows for a busy Cluster.
+LAST_TURNS = 4
 
 
 class StoreUnavailable(Exception):
@@ -85,6 +91,36 @@ class RedisStore:
 
     def close(self) -> None:
         self.topology.close()
+
+    @contextlib.asynccontextmanager
+    async def within(self, seconds: float) -> AsyncIterator[None]:
+        """``asyncio.timeout(seconds)`` for waiting on Redis, where the time the event loop was too
+        busy to read Redis's replies counts as the gateway's, not Redis's.
+
+        A burst of decisions on a loaded machine can keep the loop from reading replies that came
+        back in time. At the deadline, while replies wait in a socket unread, the deadline moves to
+        the loop's next turn, which reads them; for LAST_TURNS turns at most, so that a Cluster node
+        that keeps answering others does not keep a call waiting on one that is stuck.
+
+        Raises:
+            TimeoutError: no reply by then.
+        """
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(None) as clock:
+            handle: asyncio.Handle
+
+            def expire(turns: int) -> None:
+                nonlocal handle
+                if turns and self.topology.unread():
+                    handle = loop.call_soon(expire, turns - 1)
+                else:
+                    clock.reschedule(loop.time())
+
+            handle = loop.call_later(seconds, expire, LAST_TURNS)
+            try:
+                yield
+            finally:
+                handle.cancel()
 
     async def spend(self, keys: Sequence[bytes], arguments: Sequence[bytes]) -> list[Outcome]:
         """Run the script for one group of rules (``keys``: two per rule; ``arguments``: three).

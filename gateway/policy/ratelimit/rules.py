@@ -7,7 +7,6 @@ memory, the ``limits`` library's strategies count; in Redis, one script (``scrip
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -229,7 +228,7 @@ class RateLimitPolicy:
         assert store.health is not None
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.timeout):
+            async with remote.within(self.timeout):
                 verdicts = await _spend_remote(remote, rules, client)
         except TimeoutError:
             failure = StoreUnavailable(

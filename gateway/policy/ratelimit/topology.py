@@ -198,6 +198,10 @@ class Single:
     def link_at(self, address: str) -> Link | None:
         return None
 
+    def unread(self) -> bool:
+        """Whether replies wait on a connection, not read yet."""
+        return self.link.unread()
+
     def changed(self) -> None:
         """Nothing to look up again: the address is fixed."""
 
@@ -328,6 +332,10 @@ class Cluster:
 
     def changed(self) -> None:
         self._changed.set()
+
+    def unread(self) -> bool:
+        """Whether replies wait on a connection to any node, not read yet."""
+        return any(link.unread() for link in self._links.values())
 
     def close(self) -> None:
         if self._refreshing is not None:
