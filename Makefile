@@ -68,8 +68,8 @@ proto-check: proto
 run: install
 	$(BIN)/python -m runtime.devstack --config $(or $(CONFIG),gateway/config/reference.toml)
 
-# cargo test, every test (default engine), then the gateway's tests on the aio and native engines (but for
-# those marked engine_neutral, tests/conftest.py). Every run goes to the end whatever the others give;
+# cargo test, every test (on the default engine, native), then the gateway's tests again on the aio engine
+# (but for those marked engine_neutral, tests/conftest.py). Every run goes to the end whatever the others give;
 # what was skipped, and why, is printed last.
 test: install
 	rm -f $(VENV)/skipped.txt
@@ -77,7 +77,6 @@ test: install
 	(cd native && cargo test --locked --quiet) || status=$$?; \
 	GATEWAY_TEST_SKIPS=$(VENV)/skipped.txt $(BIN)/python -m pytest || status=$$?; \
 	GATEWAY_TEST_SKIPS=$(VENV)/skipped.txt $(BIN)/python -m pytest tests/gateway --gateway-engine aio || status=$$?; \
-	GATEWAY_TEST_SKIPS=$(VENV)/skipped.txt $(BIN)/python -m pytest tests/gateway --gateway-engine native || status=$$?; \
 	$(BIN)/python -m tests.support.skips $(VENV)/skipped.txt; \
 	exit $$status
 
@@ -85,7 +84,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	# The import contract: layers, engines apart, cygrpc in the core engine only, no cycles (pyproject.toml).
+	# The import contract: layers, engines apart, none of grpcio's private modules, no cycles (pyproject.toml).
 	$(BIN)/lint-imports --no-cache
 	# The native data plane: formatted, and clippy-clean with every warning an error.
 	cd native && cargo fmt --check

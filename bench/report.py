@@ -26,7 +26,6 @@ FASTAPI = "fastapi"
 NOTEBOOK = "notebook"
 GATEWAY_REDIS = "gateway-redis"
 REDIS = "redis"
-GATEWAY_NATIVE = "gateway-native"
 ENVOY = "envoy"
 NGINX = "nginx"
 
@@ -34,12 +33,11 @@ NGINX = "nginx"
 PATHS: dict[str, tuple[str, str | None]] = {
     DIRECT: ("direct to the service", None),
     YARDSTICK: ("yardstick", YARDSTICK),
+    # bench/gateway.toml on the default engine (native, the Rust data plane): the product's gateway.
     GATEWAY: ("gateway", GATEWAY),
     GATEWAY_NO_LIMITER: ("gateway, no rate limit rules", GATEWAY_NO_LIMITER),
     # The same config as GATEWAY on the fallback engine (--engine aio): what grpc.aio costs.
     GATEWAY_AIO: ("gateway, aio engine", GATEWAY_AIO),
-    # The same config as GATEWAY on the Rust data plane (--engine native).
-    GATEWAY_NATIVE: ("gateway, native engine", GATEWAY_NATIVE),
     # The anchors (bench/anchors.py): key check, a limiter that never trips, no access log, one worker.
     ENVOY: ("Envoy", ENVOY),
     NGINX: ("nginx", NGINX),
@@ -147,32 +145,22 @@ def p99_ratio(numerator: Run, denominator: Run) -> float:
 
 
 def anchor_comparisons(runs: Sequence[Run], messages_per_stream: int | None = None) -> list[Comparison]:
-    """The product's goal: the gateway on its native engine against Envoy (and nginx) in the same run,
-    with the core and aio engines beside them.
+    """The product's goal: the gateway (its default engine, native) against Envoy (and nginx) in the
+    same run, with the aio engine beside them.
 
     ``messages_per_stream``: messages of one streamed call, for CPU per message (None: not shown).
     """
-    native_cpu = per_round(runs, UNARY, (GATEWAY_NATIVE, ENVOY), proxy_cpu_ratio)
-    native_nginx = per_round(runs, UNARY, (GATEWAY_NATIVE, NGINX), proxy_cpu_ratio)
-    native_p99 = per_round(runs, UNARY, (GATEWAY_NATIVE, ENVOY), p99_ratio)
-    native_stream = per_round(runs, STREAM, (GATEWAY_NATIVE, ENVOY), proxy_cpu_ratio)
+    cpu = per_round(runs, UNARY, (GATEWAY, ENVOY), proxy_cpu_ratio)
+    nginx = per_round(runs, UNARY, (GATEWAY, NGINX), proxy_cpu_ratio)
+    p99 = per_round(runs, UNARY, (GATEWAY, ENVOY), p99_ratio)
+    stream = per_round(runs, STREAM, (GATEWAY, ENVOY), proxy_cpu_ratio)
     found = [
-        _at_most("unary: gateway (native) CPU/call ÷ Envoy CPU/call", native_cpu, 0.80),
-        _at_most("unary: gateway (native) CPU/call ÷ nginx CPU/call (stretch)", native_nginx, 1.20),
-        _at_most("unary: gateway (native) p99 ÷ Envoy p99, same load", native_p99, 1.20),
-        Comparison(
-            "unary: gateway (core engine) CPU/call ÷ Envoy CPU/call",
-            per_round(runs, UNARY, (GATEWAY, ENVOY), proxy_cpu_ratio),
-            "x",
-        ),
+        _at_most("unary: gateway CPU/call ÷ Envoy CPU/call", cpu, 0.80),
+        _at_most("unary: gateway CPU/call ÷ nginx CPU/call (stretch)", nginx, 1.20),
+        _at_most("unary: gateway p99 ÷ Envoy p99, same load", p99, 1.20),
         Comparison(
             "unary: gateway (aio engine) CPU/call ÷ Envoy CPU/call",
             per_round(runs, UNARY, (GATEWAY_AIO, ENVOY), proxy_cpu_ratio),
-            "x",
-        ),
-        Comparison(
-            "unary: gateway (native) CPU/call ÷ yardstick CPU/call",
-            per_round(runs, UNARY, (GATEWAY_NATIVE, YARDSTICK), proxy_cpu_ratio),
             "x",
         ),
         Comparison(
@@ -180,20 +168,10 @@ def anchor_comparisons(runs: Sequence[Run], messages_per_stream: int | None = No
             per_round(runs, UNARY, (ENVOY, NGINX), proxy_cpu_ratio),
             "x",
         ),
-        _at_most("stream: gateway (native) CPU per message ÷ Envoy's", native_stream, 1.00),
-        Comparison(
-            "stream: gateway (core engine) CPU per message ÷ Envoy's",
-            per_round(runs, STREAM, (GATEWAY, ENVOY), proxy_cpu_ratio),
-            "x",
-        ),
+        _at_most("stream: gateway CPU per message ÷ Envoy's", stream, 1.00),
     ]
     if messages_per_stream is not None:
-        shown = {
-            GATEWAY_NATIVE: "gateway (native)",
-            ENVOY: "Envoy",
-            NGINX: "nginx",
-            GATEWAY: "gateway (core)",
-        }
+        shown = {GATEWAY: "gateway", ENVOY: "Envoy", NGINX: "nginx"}
         for path, label in shown.items():
             chosen = _runs(runs, STREAM, path)
             forwarder = PATHS[path][1]
@@ -317,11 +295,6 @@ def comparisons(runs: Sequence[Run], messages_per_stream: int | None = None) -> 
         Comparison(
             "-c1 -m1: p50 added by the yardstick over a direct call",
             per_round(runs, LATENCY, (YARDSTICK, DIRECT), added_p50_ms),
-            "ms",
-        ),
-        Comparison(
-            "-c1 -m1: p50 added by the gateway (native) over a direct call",
-            per_round(runs, LATENCY, (GATEWAY_NATIVE, DIRECT), added_p50_ms),
             "ms",
         ),
         Comparison(

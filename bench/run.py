@@ -1,9 +1,10 @@
 """``make bench`` / ``python -m bench``: the gateway against a direct call, Envoy, nginx and the yardstick.
 
 Starts the user service, the yardstick, Envoy and nginx (bench/anchors.py; nginx when installed), a
-redis-server and six gateways (rate limiter on, on the core engine and on the native engine; no rules;
-rate limiter and one user step; rate limiter on again but on the aio engine; its budgets in Redis;
-the last four in the unary scenario only), checks each path with real gRPC calls,
+redis-server, five gateways on the default engine, native, but for one (rate limiter on; no rules;
+rate limiter and one user step; rate limiter on again but on the aio engine; its budgets in Redis; the
+last four in the unary scenario only), and for the HTTP scenario a hand-written FastAPI endpoint and
+the notebook's gateway; checks each path with real gRPC calls,
 then drives them with h2load, interleaved over several rounds, and prints medians across rounds:
 req/s, p50 and p99, CPU per call of each server, and the ratios the performance targets are stated
 in; then, in-process, what a JWT costs the call chain (bench/jwt_cost.py) and what observing and
@@ -41,7 +42,6 @@ from bench.report import (
     GATEWAY_AIO,
     GATEWAY_GRPC_WEB,
     GATEWAY_HTTP,
-    GATEWAY_NATIVE,
     GATEWAY_NO_LIMITER,
     GATEWAY_REDIS,
     GATEWAY_STEP,
@@ -243,8 +243,8 @@ def _scenarios(
         return tuple(name for name in names if name not in skipped)
 
     unary = Load(settings.clients, settings.streams, settings.requests)
-    # Half the calls on the paths no target of the native engine's compares with: CPU per call needs
-    # no more, and the bench stays within 5 minutes.
+    # Half the calls on the paths that no target against Envoy or nginx compares with: CPU per call
+    # needs no more, and the bench stays within 5 minutes.
     unary_fewer = Load(settings.clients, settings.streams, max(1, settings.requests // 2))
     single = Load(1, 1, settings.latency_requests)
     stream = Load(settings.stream_clients, settings.stream_streams, settings.stream_requests)
@@ -265,7 +265,6 @@ def _scenarios(
                     DIRECT,
                     ENVOY,
                     NGINX,
-                    GATEWAY_NATIVE,
                     GATEWAY,
                     GATEWAY_AIO,
                     YARDSTICK,
@@ -284,7 +283,7 @@ def _scenarios(
             report.Scenario(
                 LATENCY,
                 f"Unary GetUser, one call at a time: h2load {single}",
-                paths(DIRECT, ENVOY, NGINX, GATEWAY_NATIVE, GATEWAY, YARDSTICK),
+                paths(DIRECT, ENVOY, NGINX, GATEWAY, YARDSTICK),
             ),
             get_user,
             single,
@@ -295,7 +294,7 @@ def _scenarios(
                 STREAM,
                 f"Server streaming ListUsers, {settings.stream_users} messages a call: h2load {stream}",
                 # No nginx: no target compares with it here, and the bench stays within 5 minutes.
-                paths(DIRECT, ENVOY, GATEWAY_NATIVE, GATEWAY),
+                paths(DIRECT, ENVOY, GATEWAY),
                 settings.stream_users,
             ),
             list_users,
@@ -453,7 +452,7 @@ def _run(settings: Settings, output: Path, argv: list[str]) -> int:
         _progress(
             f"bench: starting the user service ({len(everyone)} users), the yardstick, Envoy, "
             + ("" if nginx_binary is None else "nginx, ")
-            + "redis-server and six gateways; "
+            + "redis-server, five gateways, a FastAPI endpoint and the notebook's gateway; "
             f"GRPC_EXPERIMENTS={settings.grpc_experiments or '(unset)'}; "
             + (
                 f"h2load and the service on CPU {placement.load}, forwarders on CPU {placement.proxy}"
@@ -496,17 +495,6 @@ def _run(settings: Settings, output: Path, argv: list[str]) -> int:
             )
         )
         start(gateway(GATEWAY_REDIS, GATEWAY_REDIS_CONFIG, _free_port(), placement.proxy, env, folder))
-        start(
-            gateway(
-                GATEWAY_NATIVE,
-                GATEWAY_CONFIG,
-                _free_port(),
-                placement.proxy,
-                env,
-                folder,
-                ("--engine", "native"),
-            )
-        )
         start(anchors.envoy(ENVOY, envoy_binary, _free_port(), upstream, placement.proxy, env, folder))
         if nginx_binary is not None:
             start(anchors.nginx(NGINX, nginx_binary, _free_port(), upstream, placement.proxy, env, folder))
@@ -525,7 +513,6 @@ def _run(settings: Settings, output: Path, argv: list[str]) -> int:
             (GATEWAY_STEP, True),
             (GATEWAY_AIO, True),
             (GATEWAY_REDIS, True),
-            (GATEWAY_NATIVE, True),
             # Envoy's local rate limiter sends x-ratelimit-* headers too; nginx's limit_req none.
             (ENVOY, True),
             *(() if nginx_binary is None else ((NGINX, None),)),

@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--engine",
-        choices=["core", "aio", "native"],
+        choices=["native", "aio"],
         help="what carries the calls, overriding the config's engine",
     )
     parser.add_argument(

@@ -1,5 +1,7 @@
-"""An import-linter contract for what its own ``forbidden`` type cannot say: a submodule of a package
-from outside the project (``grpc._cython``) may be imported only by some of the project's modules.
+"""An import-linter contract for what its own ``forbidden`` type cannot say: no module of the project
+imports a private module (a name starting with ``_``) of a package from outside it, such as
+grpcio's ``grpc._cython``, ``grpc._common`` or ``grpc._channel``, whose insides change between
+releases without notice.
 
 import-linter records an import of an outside package under the package's top-level name, so the
 contract reads the import statements it recorded for each import of that package.
@@ -31,28 +33,30 @@ def _imported(statement: str) -> list[str]:
     return names
 
 
-class ExternalSubmoduleContract(Contract):
-    """``submodule`` (dotted, of an outside package) is imported only under ``allowed_in``.
+def _private(name: str) -> bool:
+    """``grpc._cython.cygrpc`` and ``grpc.aio._channel`` are private; ``grpc.aio`` is not."""
+    return any(part.startswith("_") and not part.startswith("__") for part in name.split(".")[1:])
 
-    Options: ``container`` (the project package to check), ``submodule``, ``allowed_in``.
+
+class PrivateModulesContract(Contract):
+    """No module of ``container`` imports a private module of the outside package ``package``.
+
+    Options: ``container`` (the project package to check), ``package`` (the outside package).
     """
 
     container = fields.StringField()
-    submodule = fields.StringField()
-    allowed_in = fields.StringField()
+    package = fields.StringField()
 
     def check(self, graph: ImportGraph, verbose: bool) -> ContractCheck:
-        container, submodule, allowed = str(self.container), str(self.submodule), str(self.allowed_in)
-        package = submodule.split(".")[0]
+        container, package = str(self.container), str(self.package)
         offenders = []
         for module in sorted(graph.find_descendants(container) | {container}):
-            if module == allowed or module.startswith(f"{allowed}."):
-                continue
             if package not in graph.find_modules_directly_imported_by(module):
                 continue
             for detail in graph.get_import_details(importer=module, imported=package):
                 line = str(detail["line_contents"])
-                if any(name == submodule or name.startswith(f"{submodule}.") for name in _imported(line)):
+                names = [name for name in _imported(line) if name.split(".")[0] == package]
+                if any(_private(name) for name in names):
                     offenders.append(f"{module}:{detail['line_number']}: {line}")
         return ContractCheck(kept=not offenders, metadata={"offenders": offenders})
 

@@ -18,9 +18,9 @@ from tests.support.processes import use_gateway_engine
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--gateway-engine",
-        choices=["core", "aio", "native"],
+        choices=["native", "aio"],
         default=None,
-        help="start every gateway with this engine (default: the config's, core)",
+        help="start every gateway with this engine (default: the config's, native)",
     )
 
 

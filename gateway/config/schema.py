@@ -724,10 +724,9 @@ def _network(value: str) -> str:
 
 class GatewayConfig(_Strict):
     listen: Address = "127.0.0.1:50050"
-    # What carries the calls: "core" (grpcio's core layer, gateway/engines/core), "aio" (grpc.aio's
-    # public API) or "native" (the native data plane, gateway/engines/native). Same decisions, same
-    # replies; --engine overrides.
-    engine: Literal["core", "aio", "native"] = "core"
+    # What carries the calls: "native" (the native data plane: gateway/engines/native and native/)
+    # or "aio" (Python only, on grpc.aio's public API). Same decisions, same replies; --engine overrides.
+    engine: Literal["native", "aio"] = "native"
     # FileDescriptorSet files (protoc --include_imports --descriptor_set_out) for services from
     # outside this repository; this project's own services are always known.
     descriptor_sets: tuple[Path, ...] = ()

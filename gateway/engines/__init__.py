@@ -1,4 +1,4 @@
-"""The engines that carry gRPC calls, by the name the config gives them (``engine = "core"``)."""
+"""The engines that carry gRPC calls, by the name the config gives them (``engine = "native"``)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,6 @@ def engine_named(name: str) -> type[Engine]:
         from gateway.engines.aio.engine import AioEngine
 
         return AioEngine
-    if name == "native":
-        from gateway.engines.native.engine import NativeEngine
+    from gateway.engines.native.engine import NativeEngine
 
-        return NativeEngine
-    from gateway.engines.core.engine import CoreEngine
-
-    return CoreEngine
+    return NativeEngine

@@ -152,7 +152,7 @@ class OwnServices:
     async def _reflection_by_metadata(
         self, requests: AsyncIterable[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        # The core engine's private socket: the gateway hands each call on with the x-client-id it
+        # The native engine's private socket: the gateway hands each call on with the x-client-id it
         # set itself (a caller's own is never forwarded), empty for a caller without credentials.
         client = next((v for k, v in context.invocation_metadata() or () if k == CLIENT_ID_HEADER), "")
         async for reply in self._reflection_for(str(client)).ServerReflectionInfo(requests, context):

@@ -10,7 +10,6 @@ from bench.report import (
     ENVOY,
     GATEWAY,
     GATEWAY_AIO,
-    GATEWAY_NATIVE,
     GATEWAY_NO_LIMITER,
     NGINX,
     SERVICE,
@@ -138,105 +137,116 @@ def test_as_json_has_every_path_of_a_scenario() -> None:
 
 
 def anchor_rounds() -> list[Run]:
-    """Three rounds of the native engine, the core and aio engines, Envoy and nginx; each round's
+    """Three rounds of the gateway (its default engine), the aio engine, Envoy and nginx; each round's
     ratio differs, so that a median of ratios is told apart from a ratio of medians."""
     runs = []
     rounds = [
-        # native, core, Envoy, nginx CPU µs per call; native and Envoy p99 µs; stream CPU µs per call
-        (100, 300, 200, 80, 4000, 5000, 9000, 10000),
-        (180, 320, 150, 90, 6000, 4000, 12000, 10000),
-        (120, 280, 240, 100, 5000, 5000, 10000, 8000),
+        # gateway, aio, Envoy, nginx CPU µs per call; gateway and Envoy p99 µs; stream CPU µs per call
+        (100, 600, 200, 80, 4000, 5000, 9000, 10000),
+        (180, 640, 150, 90, 6000, 4000, 12000, 10000),
+        (120, 560, 240, 100, 5000, 5000, 10000, 8000),
     ]
-    for n, (native, core, envoy, nginx, native_p99, envoy_p99, native_stream, envoy_stream) in enumerate(
+    for n, (gateway, aio, envoy, nginx, gateway_p99, envoy_p99, gateway_stream, envoy_stream) in enumerate(
         rounds, start=1
     ):
         runs += [
             run(n, UNARY, YARDSTICK, 2000, {YARDSTICK: 500, SERVICE: 260}),
-            run(n, UNARY, GATEWAY_NATIVE, 3000, {GATEWAY_NATIVE: native, SERVICE: 250}, native_p99),
-            run(n, UNARY, GATEWAY, 2500, {GATEWAY: core, SERVICE: 260}),
-            run(n, UNARY, GATEWAY_AIO, 1500, {GATEWAY_AIO: core * 2, SERVICE: 260}),
+            run(n, UNARY, GATEWAY, 3000, {GATEWAY: gateway, SERVICE: 250}, gateway_p99),
+            run(n, UNARY, GATEWAY_AIO, 1500, {GATEWAY_AIO: aio, SERVICE: 260}),
             run(n, UNARY, ENVOY, 3000, {ENVOY: envoy, SERVICE: 250}, envoy_p99),
             run(n, UNARY, NGINX, 3200, {NGINX: nginx, SERVICE: 250}),
             run(n, STREAM, DIRECT, 30, {SERVICE: 20000}),
-            run(n, STREAM, GATEWAY_NATIVE, 30, {GATEWAY_NATIVE: native_stream, SERVICE: 21000}),
+            run(n, STREAM, GATEWAY, 30, {GATEWAY: gateway_stream, SERVICE: 21000}),
             run(n, STREAM, ENVOY, 30, {ENVOY: envoy_stream, SERVICE: 21000}),
-            run(n, STREAM, GATEWAY, 20, {GATEWAY: 40000, SERVICE: 25000}),
         ]
     return runs
 
 
 def test_proxy_cpu_ratio_takes_each_paths_own_forwarder() -> None:
-    native = run(1, UNARY, GATEWAY_NATIVE, 3000, {GATEWAY_NATIVE: 120, ENVOY: 1})
-    envoy = run(1, UNARY, ENVOY, 3000, {ENVOY: 150, GATEWAY_NATIVE: 1})
-    assert proxy_cpu_ratio(native, envoy) == pytest.approx(0.8)
+    gateway = run(1, UNARY, GATEWAY, 3000, {GATEWAY: 120, ENVOY: 1})
+    envoy = run(1, UNARY, ENVOY, 3000, {ENVOY: 150, GATEWAY: 1})
+    assert proxy_cpu_ratio(gateway, envoy) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="no forwarder"):
-        proxy_cpu_ratio(native, run(1, UNARY, DIRECT, 3000, {SERVICE: 200}))
+        proxy_cpu_ratio(gateway, run(1, UNARY, DIRECT, 3000, {SERVICE: 200}))
 
 
-def test_native_against_envoy_is_the_median_of_each_rounds_ratio() -> None:
+def test_gateway_against_envoy_is_the_median_of_each_rounds_ratio() -> None:
     found = {item.name: item for item in comparisons(anchor_rounds(), messages_per_stream=1000)}
-    cpu = found["unary: gateway (native) CPU/call ÷ Envoy CPU/call"]
+    cpu = found["unary: gateway CPU/call ÷ Envoy CPU/call"]
     assert cpu.value is not None
     # 100/200, 180/150, 120/240: the median of the ratios is 0.5 (a ratio of medians would be 0.6).
     assert (cpu.value.median, cpu.value.low, cpu.value.high, cpu.value.rounds) == pytest.approx(
         (0.5, 0.5, 1.2, 3)
     )
     assert (cpu.target, cpu.meets) == ("≤ 0.80", True)
-    nginx = found["unary: gateway (native) CPU/call ÷ nginx CPU/call (stretch)"]
+    nginx = found["unary: gateway CPU/call ÷ nginx CPU/call (stretch)"]
     assert nginx.value is not None
     # 100/80, 180/90, 120/100
     assert nginx.value.median == pytest.approx(1.25)
     assert (nginx.target, nginx.meets) == ("≤ 1.20", False)
-    p99 = found["unary: gateway (native) p99 ÷ Envoy p99, same load"]
+    p99 = found["unary: gateway p99 ÷ Envoy p99, same load"]
     assert p99.value is not None
     # 4000/5000, 6000/4000, 5000/5000
     assert (p99.value.median, p99.value.low, p99.value.high) == pytest.approx((1.0, 0.8, 1.5))
     assert (p99.target, p99.meets) == ("≤ 1.20", True)
-    stream = found["stream: gateway (native) CPU per message ÷ Envoy's"]
+    stream = found["stream: gateway CPU per message ÷ Envoy's"]
     assert stream.value is not None
     # 9000/10000, 12000/10000, 10000/8000: per message as per call, the same 1000 messages each.
     assert stream.value.median == pytest.approx(1.2)
     assert (stream.target, stream.meets) == ("≤ 1.00", False)
-    per_message = found["stream: gateway (native) CPU per message"]
+    per_message = found["stream: gateway CPU per message"]
     assert per_message.value is not None
     assert per_message.value.median == pytest.approx(10.0)
     assert per_message.unit == "µs"
+    envoy = found["stream: Envoy CPU per message"]
+    assert envoy.value is not None
+    assert envoy.value.median == pytest.approx(10.0)
+    # nginx ran no stream: no CPU per message of its own.
+    assert "stream: nginx CPU per message" not in found
 
 
-def test_core_and_aio_are_shown_beside_the_anchors_without_targets() -> None:
+def test_aio_is_shown_beside_the_anchors_without_a_target() -> None:
     found = {item.name: item for item in comparisons(anchor_rounds())}
-    core = found["unary: gateway (core engine) CPU/call ÷ Envoy CPU/call"]
-    assert core.value is not None
-    # 300/200, 320/150, 280/240
-    assert core.value.median == pytest.approx(1.5)
-    assert (core.target, core.meets) == ("", None)
     aio = found["unary: gateway (aio engine) CPU/call ÷ Envoy CPU/call"]
     assert aio.value is not None
-    assert aio.value.median == pytest.approx(3.0)
-    native_yardstick = found["unary: gateway (native) CPU/call ÷ yardstick CPU/call"]
-    assert native_yardstick.value is not None
-    assert native_yardstick.value.median == pytest.approx(0.24)
+    # 600/200, 640/150, 560/240
+    assert (aio.value.median, aio.value.low, aio.value.high) == pytest.approx((3.0, 560 / 240, 640 / 150))
+    assert (aio.target, aio.meets) == ("", None)
     # Without the messages of a stream, no CPU per message is shown.
-    assert "stream: gateway (native) CPU per message" not in found
-    # The yardstick's ratios are still there.
-    assert found["unary: gateway CPU/call ÷ yardstick CPU/call"].value is not None
+    assert "stream: gateway CPU per message" not in found
+    # The yardstick's ratios are still there, on the same gateway: 100/500, 180/500, 120/500.
+    yardstick = found["unary: gateway CPU/call ÷ yardstick CPU/call"]
+    assert yardstick.value is not None
+    assert yardstick.value.median == pytest.approx(0.24)
+    assert (yardstick.target, yardstick.meets) == ("≤ 0.80", True)
+
+
+def test_each_comparison_is_named_once_and_for_engines_that_exist() -> None:
+    names = [item.name for item in comparisons(anchor_rounds(), messages_per_stream=1000)]
+    assert len(names) == len(set(names))
+    assert [name for name in names if "core" in name or "native" in name] == []
+    # The gateway's own rows name no engine (its default); the aio engine's say so.
+    assert [name for name in names if "engine" in name] == [
+        "unary: gateway (aio engine) CPU/call ÷ Envoy CPU/call",
+        "unary: gateway (aio engine) CPU/call ÷ yardstick CPU/call",
+    ]
 
 
 def test_without_nginx_its_ratio_has_no_value() -> None:
     runs = [r for r in anchor_rounds() if r.path != NGINX]
     found = {item.name: item for item in comparisons(runs)}
-    nginx = found["unary: gateway (native) CPU/call ÷ nginx CPU/call (stretch)"]
+    nginx = found["unary: gateway CPU/call ÷ nginx CPU/call (stretch)"]
     assert (nginx.value, nginx.meets) == (None, None)
-    assert found["unary: gateway (native) CPU/call ÷ Envoy CPU/call"].value is not None
+    assert found["unary: gateway CPU/call ÷ Envoy CPU/call"].value is not None
 
 
 def test_table_and_markdown_show_the_anchors_and_their_verdicts() -> None:
     scenarios = [
-        Scenario(UNARY, "Unary", (ENVOY, NGINX, GATEWAY_NATIVE, GATEWAY, GATEWAY_AIO, YARDSTICK)),
-        Scenario(STREAM, "Stream, 1000 messages", (DIRECT, ENVOY, GATEWAY_NATIVE, GATEWAY), 1000),
+        Scenario(UNARY, "Unary", (ENVOY, NGINX, GATEWAY, GATEWAY_AIO, YARDSTICK)),
+        Scenario(STREAM, "Stream, 1000 messages", (DIRECT, ENVOY, GATEWAY), 1000),
     ]
     text = table(anchor_rounds(), scenarios)
-    assert "gateway, native engine" in text
+    assert "gateway, aio engine" in text
     assert "Envoy" in text
     assert "0.50 (0.50-1.20)   ≤ 0.80  met" in text
     assert "stream: Envoy CPU per message" in text
@@ -244,16 +254,12 @@ def test_table_and_markdown_show_the_anchors_and_their_verdicts() -> None:
     lines = document.splitlines()
     assert "| path | req/s | p50 ms | p99 ms | proxy CPU µs/call | service CPU µs/call |" in lines
     assert "|---|---:|---:|---:|---:|---:|" in lines
-    # The median native CPU (120 µs, 100-180) in its row.
-    assert any(
-        line.startswith("| gateway, native engine |") and "| 120 (100-180) |" in line for line in lines
-    )
+    # The gateway's median CPU (120 µs, 100-180) in its row, the aio engine's (600 µs) in its own.
+    assert any(line.startswith("| gateway |") and "| 120 (100-180) |" in line for line in lines)
+    assert any(line.startswith("| gateway, aio engine |") and "| 600 (560-640) |" in line for line in lines)
     assert "**Stream, 1000 messages**" in lines
-    assert "| unary: gateway (native) CPU/call ÷ Envoy CPU/call | 0.50 (0.50-1.20) | ≤ 0.80 | met |" in lines
-    assert (
-        "| stream: gateway (native) CPU per message ÷ Envoy's | 1.20 (0.90-1.25) | ≤ 1.00 | NOT met |"
-        in lines
-    )
+    assert "| unary: gateway CPU/call ÷ Envoy CPU/call | 0.50 (0.50-1.20) | ≤ 0.80 | met |" in lines
+    assert "| stream: gateway CPU per message ÷ Envoy's | 1.20 (0.90-1.25) | ≤ 1.00 | NOT met |" in lines
     # Every row of a table has as many cells as its header.
     for line in lines:
         if line.startswith("| path |") or line.startswith("| gateway"):
@@ -262,10 +268,10 @@ def test_table_and_markdown_show_the_anchors_and_their_verdicts() -> None:
 
 def test_as_json_has_the_anchor_comparisons() -> None:
     scenarios = [
-        Scenario(UNARY, "Unary", (ENVOY, GATEWAY_NATIVE)),
+        Scenario(UNARY, "Unary", (ENVOY, GATEWAY)),
         Scenario(STREAM, "Stream", (ENVOY,), 1000),
     ]
     summary = as_json(anchor_rounds(), scenarios)
     names = {item["name"]: item for item in summary["comparisons"]}
-    assert names["unary: gateway (native) CPU/call ÷ Envoy CPU/call"]["value"]["median"] == pytest.approx(0.5)
+    assert names["unary: gateway CPU/call ÷ Envoy CPU/call"]["value"]["median"] == pytest.approx(0.5)
     assert names["stream: Envoy CPU per message"]["unit"] == "µs"

@@ -35,7 +35,7 @@ CASES = {
     ),
     "unknown engine": (
         gateway_toml(GOOD_ROUTES, extra='engine = "turbo"'),
-        "engine: Input should be 'core', 'aio' or 'native'",
+        "engine: Input should be 'native' or 'aio'",
     ),
     "bad upstream address": (
         gateway_toml({USERS: "localhost"}),

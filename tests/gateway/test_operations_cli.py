@@ -78,7 +78,7 @@ def test_check_prints_what_the_reference_config_serves() -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"config {REFERENCE_CONFIG}: ok"
-    assert "  gRPC      127.0.0.1:50050 (plaintext, engine core)" in lines
+    assert "  gRPC      127.0.0.1:50050 (plaintext, engine native)" in lines
     assert f"  {USERS} -> 127.0.0.1:50051 (2 methods)" in lines
     assert any(line.startswith("  per-user: 5/30 seconds per field:user_id") for line in lines), lines
     assert "chain: metadata -> auth -> route -> rate_limit" in lines
@@ -95,7 +95,7 @@ def test_check_names_every_problem_and_exits_2(tmp_path: Path) -> None:
     lines = result.stderr.splitlines()
     assert lines[0] == f"grpc-gateway: config {config}: 3 problem(s)"
     assert lines[1].startswith("  listen: ")
-    assert lines[2].startswith("  engine: Input should be 'core', 'aio' or 'native'")
+    assert lines[2].startswith("  engine: Input should be 'native' or 'aio'")
     assert lines[3] == "  routes[0].colour: unknown field"
     assert result.stdout == ""
 

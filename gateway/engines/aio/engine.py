@@ -1,7 +1,8 @@
 """The aio engine: grpc.aio's public API, one server for forwarded calls and the gateway's own.
 
-More CPU per call than the core engine (``make bench`` measures both); the fallback when grpcio's
-private core layer misbehaves (``engine = "aio"``). Same call lifecycle, same replies.
+The gateway in Python alone, on public grpcio (``engine = "aio"``): for a machine without the native
+build, or to tell a native-engine problem from a policy one. More CPU per call than the native engine
+(``make bench`` measures both); the same call lifecycle, the same replies.
 """
 
 from __future__ import annotations
