@@ -14,7 +14,7 @@ PROTOS := $(shell find protos -name '*.proto')
 # google/api/annotations.proto and http.proto (HTTP rules on methods) ship with googleapis-common-protos.
 GOOGLEAPIS = $(shell $(BIN)/python -c "import google.api.http_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])")
 
-.PHONY: install lock upgrade proto proto-check run test lint bench web clean
+.PHONY: install lock upgrade proto proto-check run test lint docs schema bench web clean
 
 install: $(STAMP) $(NATIVE_STAMP)
 
@@ -90,7 +90,19 @@ lint: install
 	cd native && cargo fmt --check
 	cd native && cargo clippy --locked --all-targets -- -D warnings
 
-# The gateway against a direct call and the reference yardstick (README, "Performance"); under 5 minutes.
+# The documentation site (docs/, mkdocs.yml) into site/, git-ignored. --strict: a broken link, a missing
+# page or anchor fails it. docs/hooks/ fill in the configuration reference, from gateway/config/schema.py,
+# and the latest bench results committed in bench/results/. (NO_MKDOCS_2_WARNING: no banner about the
+# theme's successor on every build.)
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The config's JSON Schema, for editors (docs/configuration.md), written from the pydantic models after
+# a change of gateway/config/schema.py; tests/docs fails while the committed file is not current.
+schema: install
+	$(BIN)/python -c "from gateway.config.schema import JSON_SCHEMA_FILE as f, json_schema_text; f.write_text(json_schema_text())"
+
+# The gateway against a direct call and the reference yardstick (docs/performance.md); under 5 minutes.
 # Options go in BENCH_ARGS, e.g. `make bench BENCH_ARGS=--quick` for a smoke run of a few seconds.
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="The gateway against a direct call, Envoy, nginx and the reference yardstick: req/s, "
-        "latency, CPU per call (README, Performance).",
+        "latency, CPU per call (docs/performance.md).",
     )
     parser.add_argument(
         "--rounds", metavar="N", type=_positive, help="rounds, each running every path once (default 3)"

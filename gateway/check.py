@@ -53,7 +53,9 @@ def summary(path: Path, plan: Plan) -> str:
     for route in config.routes:
         methods = plan.routes.method_names(route.service)
         upstream = ", ".join(route.upstreams) + (" (TLS)" if route.tls is not None else "")
-        lines.append(f"  {route.service} -> {upstream} ({len(methods)} methods)")
+        lines.append(
+            f"  {route.service} -> {upstream} ({len(methods)} method{'' if len(methods) == 1 else 's'})"
+        )
     lines.append(f"rate limits (storage {shown_uri(config.rate_limit.storage)}):")
     for rule in config.rate_limit.rules:
         scope = ", ".join(rule.scope) or "every routed service"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -26,6 +27,8 @@ from gateway.config.secrets import shown_uri
 from runtime.addresses import parse_host_port
 
 REFERENCE_CONFIG = Path(__file__).with_name("reference.toml")
+# The JSON Schema of the config, for editors; `make schema` writes it (json_schema_text).
+JSON_SCHEMA_FILE = Path(__file__).with_name("gateway.schema.json")
 
 
 class ConfigError(Exception):
@@ -82,15 +85,38 @@ class ApiKey(_Strict):
     """One API key: where it comes from, the client name it authenticates as, and what it may call."""
 
     # Forwarded to upstreams as x-client-id, so it must be a valid metadata value.
-    client: Annotated[str, Field(min_length=1), AfterValidator(_printable)]
-    # Exactly one of: the key, or its digest written "sha256:<hex>" (`grpc-gateway hash-key` prints
-    # it), so that the file holds no usable secret; an environment variable holding the key; a file
-    # holding the key (one trailing newline is ignored).
-    key: SecretStr | None = None
-    key_env: str | None = Field(default=None, min_length=1)
-    key_file: ConfigPath | None = None
-    # Full service names and /package.Service/Method paths this key may call; empty: every routed one.
-    allow: tuple[str, ...] = ()
+    client: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="The client name the key authenticates as: sent upstream as `x-client-id`, "
+            "written in the access log, and what `overrides` and the rate-limit key `client` name. "
+            "Printable ASCII without surrounding spaces.",
+        ),
+        AfterValidator(_printable),
+    ]
+    key: SecretStr | None = Field(
+        default=None,
+        description='The key, or better its digest written `"sha256:<64 hex digits>"` '
+        "(`grpc-gateway hash-key` prints it), so that the file holds nothing a caller could send. "
+        "Give exactly one of `key`, `key_env` and `key_file`.",
+    )
+    key_env: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The name of an environment variable holding the key (a secret the orchestrator "
+        "injects, say).",
+    )
+    key_file: ConfigPath | None = Field(
+        default=None,
+        description="A file holding the key (one trailing newline is ignored); keep it `chmod 600`.",
+    )
+    allow: tuple[str, ...] = Field(
+        default=(),
+        description="Full service names and `/package.Service/Method` paths this key may call; any "
+        "other method is `PERMISSION_DENIED`, before the rate limiter, so it spends no budget. Empty: "
+        "every routed service. Health and reflection stay open to every key.",
+    )
 
     @field_validator("key")
     @classmethod
@@ -116,13 +142,22 @@ class ApiKey(_Strict):
 class UpstreamTls(_Strict):
     """TLS to an upstream: the CA to trust, and the gateway's own certificate if the upstream asks for one."""
 
-    # PEM file of the CA certificates that sign the upstream's certificate; default: the system's.
-    ca: ConfigPath | None = None
-    # The gateway's client certificate and its private key, for an upstream that wants mTLS.
-    cert: ConfigPath | None = None
-    key: ConfigPath | None = None
-    # The name the upstream's certificate must carry, when it is not the host of the upstream address.
-    server_name: str = ""
+    ca: ConfigPath | None = Field(
+        default=None,
+        description="PEM file of the CA certificates that sign the upstream's certificate. Unset: the "
+        "system's CAs.",
+    )
+    cert: ConfigPath | None = Field(
+        default=None,
+        description="The gateway's client certificate (PEM), for an upstream that wants mTLS; give "
+        "`key` with it.",
+    )
+    key: ConfigPath | None = Field(default=None, description="The unencrypted private key of `cert` (PEM).")
+    server_name: str = Field(
+        default="",
+        description="The name the upstream's certificate must carry, when it is not the host of the "
+        "route's address.",
+    )
 
     @model_validator(mode="after")
     def _cert_with_key(self) -> UpstreamTls:
@@ -132,16 +167,33 @@ class UpstreamTls(_Strict):
 
 
 class RetryPolicy(_Strict):
-    """Retries of a route's idempotent methods, done by grpc core (a service config ``retryPolicy``)."""
+    """Retries of a route's idempotent methods, as gRPC's ``retryPolicy`` defines them: an attempt that
+    fails ``UNAVAILABLE`` before the upstream has sent reply headers is sent again, with exponential
+    backoff, never past the call's deadline, and throttled per upstream while most attempts fail."""
 
-    # Methods of the route (short names, e.g. "GetUser") that are safe to send twice; only these are retried.
-    methods: tuple[str, ...] = Field(min_length=1)
-    # Attempts in all, the first included; grpc core allows at most 5.
-    max_attempts: int = Field(default=3, ge=2, le=5)
-    # Seconds before the first retry; each next one waits up to backoff_multiplier times longer.
-    initial_backoff: float = Field(default=0.05, gt=0, le=60)
-    max_backoff: float = Field(default=1.0, gt=0, le=300)
-    backoff_multiplier: float = Field(default=2.0, ge=1, le=10)
+    methods: tuple[str, ...] = Field(
+        min_length=1,
+        description="The route's methods that are safe to send twice, by short name "
+        '(`["GetUser"]`); only these are retried. The upstream sees `grpc-previous-rpc-attempts` on '
+        "a retry.",
+    )
+    # gRPC's retryPolicy allows at most 5.
+    max_attempts: int = Field(default=3, ge=2, le=5, description="Attempts in all, the first included.")
+    initial_backoff: float = Field(
+        default=0.05,
+        gt=0,
+        le=60,
+        description="Seconds before the first retry (randomised, as gRPC does).",
+    )
+    max_backoff: float = Field(
+        default=1.0, gt=0, le=300, description="The longest wait before a retry, in seconds."
+    )
+    backoff_multiplier: float = Field(
+        default=2.0,
+        ge=1,
+        le=10,
+        description="How many times longer each wait may be than the one before.",
+    )
 
 
 def _ip_literal(address: str) -> int:
@@ -156,21 +208,46 @@ def _ip_literal(address: str) -> int:
 class Route(_Strict):
     """Calls to ``service`` (a full gRPC service name) go to ``upstream``, or round-robin to ``upstreams``."""
 
-    service: str = Field(min_length=1)
-    # One address. After validation it names the upstream either way (the ``upstreams`` joined by
-    # commas when those are given): one name, one channel.
-    upstream: Address = ""
-    # Several addresses of one upstream, balanced round-robin by grpc; one that is down is skipped.
+    service: str = Field(
+        min_length=1,
+        description="The full gRPC service name the route serves, `package.Service` "
+        "(`shop.users.v1.UserService`). Its descriptor comes from this project's generated code or "
+        "from `descriptor_sets`.",
+    )
+    # After validation it names the upstream either way (the ``upstreams`` joined by commas when those
+    # are given): one name, one channel.
+    upstream: Address = Field(
+        default="",
+        description="The upstream's `HOST:PORT`. A host name is resolved, and every address it "
+        "resolves to is balanced. Give this or `upstreams`.",
+    )
     # Filled from ``upstream`` when that is given, so code reads the addresses here.
-    upstreams: tuple[Address, ...] = ()
-    # Seconds a call may take when the caller sets no deadline (streams too); none: no limit.
-    default_timeout: float | None = Field(default=None, gt=0)
-    retry: RetryPolicy | None = None
-    # Reach the upstream over TLS (`tls = {}` trusts the system's CAs); plaintext when absent.
-    tls: UpstreamTls | None = None
-    # The credentials the route's calls may authenticate with: "api_key", "jwt" or both; none: every
-    # kind the config has ([[api_keys]], [[auth.jwt]]).
-    auth: tuple[Literal["api_key", "jwt"], ...] | None = Field(default=None, min_length=1)
+    upstreams: tuple[Address, ...] = Field(
+        default=(),
+        description="Several IP addresses of one family, "
+        '`["10.0.0.5:50051", "10.0.0.6:50051"]`, balanced round-robin; an address that is down is '
+        "skipped while it is down. Give this or `upstream`.",
+    )
+    default_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a call of the route may take when the caller sets no deadline (streams "
+        "too: leave it unset for long-lived streams); then `DEADLINE_EXCEEDED`. A caller's own "
+        "deadline always wins. Unset: no limit.",
+    )
+    retry: RetryPolicy | None = Field(
+        default=None, description="Retries of the route's idempotent methods. Unset: no retries."
+    )
+    tls: UpstreamTls | None = Field(
+        default=None,
+        description="Reach the upstream over TLS; `tls = {}` trusts the system's CAs. Unset: plaintext.",
+    )
+    auth: tuple[Literal["api_key", "jwt"], ...] | None = Field(
+        default=None,
+        min_length=1,
+        description='The credentials the route\'s calls may use: `["api_key"]`, `["jwt"]` or both. '
+        "Unset: every kind the config has (`[[api_keys]]`, `[[auth.jwt]]`).",
+    )
 
     @field_validator("auth")
     @classmethod
@@ -246,16 +323,44 @@ class RateKey(_Strict):
 class Rule(_Strict):
     """A rate-limit rule. Every rule that covers a call must allow it."""
 
-    name: str = ""
-    rate: Rate
-    strategy: Strategy = "moving-window"
-    key: RateKey
-    # Full service names, or /package.Service/Method paths; empty means every routed service.
-    scope: tuple[str, ...] = ()
-    # Another rate for some clients (client name -> rate), e.g. a premium key with a higher limit.
-    overrides: dict[str, Rate] = Field(default_factory=dict)
+    name: str = Field(
+        default="",
+        description="How refusals, `QuotaFailure` details and metrics name the rule. Unset: "
+        '`"RATE per KEY"`, e.g. `"5/30 seconds per field:user_id"`. Budgets are kept by name and '
+        "rate, so a reload that keeps both keeps what was spent.",
+    )
+    rate: Rate = Field(
+        description='`COUNT/PERIOD` in the `limits` notation: `"5/30 seconds"`, `"1000/minute"`, `"10/hour"`.'
+    )
+    strategy: Strategy = Field(
+        default="moving-window",
+        description="`moving-window` (an exact sliding log), `sliding-window-counter` (an "
+        "approximation in constant memory per key) or `fixed-window`.",
+    )
+    key: RateKey = Field(
+        description="What the budget is counted per: `client` (the authenticated client), `peer` "
+        "(the caller's host), `metadata:NAME` (a metadata value), `field:NAME` (a scalar field of the "
+        "request, a stream's first message; when the method has no such field, or it is unset, the "
+        "client's budget) or `claim:NAME` (a claim of the call's verified token, dotted paths into "
+        "nested ones; without a token, the client's budget)."
+    )
+    scope: tuple[str, ...] = Field(
+        default=(),
+        description="Full service names and `/package.Service/Method` paths the rule covers. Empty: "
+        "every routed service.",
+    )
+    overrides: dict[str, Rate] = Field(
+        default_factory=dict,
+        description="Another rate for some clients, by client name: "
+        '`overrides = { premium = "100/30 seconds" }`.',
+    )
 
-    @field_validator("key", mode="before")
+    # The TOML form is a string ("field:user_id"): that is what editors are told (the JSON Schema).
+    @field_validator(
+        "key",
+        mode="before",
+        json_schema_input_type=Annotated[str, Field(pattern=r"^(client|peer|(metadata|field|claim):.+)$")],
+    )
     @classmethod
     def _parse_key(cls, value: Any) -> Any:
         return RateKey.parse(value) if isinstance(value, str) else value
@@ -273,13 +378,20 @@ STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+cluster", "redis+sentinel
 class RateLimitTls(_Strict):
     """TLS to Redis (rediss://): the CA to trust, and the gateway's certificate if Redis asks for one."""
 
-    # PEM file of the CA certificates that sign Redis's certificate; default: the system's.
-    ca: ConfigPath | None = None
-    # The gateway's client certificate and its (unencrypted) private key, for tls-auth-clients.
-    cert: ConfigPath | None = None
-    key: ConfigPath | None = None
-    # The name Redis's certificate must carry, when it is not the host in the storage URI.
-    server_name: str = ""
+    ca: ConfigPath | None = Field(
+        default=None,
+        description="PEM file of the CA certificates that sign Redis's certificate. Unset: the system's CAs.",
+    )
+    cert: ConfigPath | None = Field(
+        default=None,
+        description="The gateway's client certificate (PEM), for a Redis with `tls-auth-clients`; "
+        "give `key` with it.",
+    )
+    key: ConfigPath | None = Field(default=None, description="The unencrypted private key of `cert` (PEM).")
+    server_name: str = Field(
+        default="",
+        description="The name Redis's certificate must carry, when it is not the host in `storage`.",
+    )
 
     @model_validator(mode="after")
     def _cert_with_key(self) -> RateLimitTls:
@@ -289,28 +401,64 @@ class RateLimitTls(_Strict):
 
 
 class RateLimit(_Strict):
-    # Where budgets live: memory:// (this process only) or a Redis URI shared by every replica. A
-    # password in it (redis://USER:PASSWORD@H:P) is never shown: logs and errors print ***.
-    storage: str = "memory://"
-    # The name of an environment variable holding the Redis password, so that the file holds none;
-    # instead of a password in storage (whose user, redis://USER@H:P, is used with it; else "default").
-    password_env: str | None = Field(default=None, min_length=1)
-    # redis+sentinel:// only: the sentinels' own password (their requirepass), written here or, so
-    # that the file holds none, the name of an environment variable holding it; one of the two.
-    sentinel_password: SecretStr | None = None
-    sentinel_password_env: str | None = Field(default=None, min_length=1)
-    # rediss:// only: the CA, client certificate and server name; without it, the system's CAs.
-    tls: RateLimitTls | None = None
-    # What to do with a call when the storage fails or is slower than storage_timeout:
-    # "allow" it (fail open, as Envoy and Kong do by default), "deny" it with UNAVAILABLE, or
-    # "local": count it in this process against the rule's rate divided by `replicas`.
-    on_storage_error: Literal["allow", "deny", "local"] = "allow"
-    # Seconds a call may wait on the storage before the failure mode applies.
-    storage_timeout: float = Field(default=0.05, gt=0, le=10)
-    # How many gateway processes share the storage (replicas times --workers): in "local" mode each
-    # counts rate // replicas, so that together they let at most the rate through.
-    replicas: int = Field(default=1, ge=1, le=10000)
-    rules: tuple[Rule, ...] = ()
+    """Rate limiting: where budgets live, what a call gets when that store fails, and the rules."""
+
+    storage: str = Field(
+        default="memory://",
+        description="Where budgets live: `memory://` (this process alone), or a Redis shared by every "
+        "gateway pointed at it: `redis://[USER[:PASSWORD]@]HOST:PORT[/DB]`, `rediss://…` (TLS), "
+        "`redis+cluster://H1:P1,H2:P2`, `redis+sentinel://H:P[,H:P]/SERVICE[/DB]`. A password in it "
+        "is shown `***` wherever the URI is printed.",
+    )
+    password_env: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The name of an environment variable holding the Redis password, so that the file "
+        "holds none; the user is the URI's (`redis://USER@H:P`), else `default`. Not with a password "
+        "in `storage`.",
+    )
+    sentinel_password: SecretStr | None = Field(
+        default=None,
+        description="`redis+sentinel://` only: the sentinels' own password (their `requirepass`). Give "
+        "this or `sentinel_password_env`.",
+    )
+    sentinel_password_env: str | None = Field(
+        default=None,
+        min_length=1,
+        description="`redis+sentinel://` only: the name of an environment variable holding the "
+        "sentinels' password.",
+    )
+    tls: RateLimitTls | None = Field(
+        default=None,
+        description="`rediss://` only: the CA, the gateway's client certificate and the server name. "
+        "Unset: the system's CAs.",
+    )
+    on_storage_error: Literal["allow", "deny", "local"] = Field(
+        default="allow",
+        description="What a call gets when the store fails or answers later than `storage_timeout`: "
+        '`allow` (fail open, as Envoy and Kong do by default), `deny` (`UNAVAILABLE` "rate-limit '
+        "store unavailable\") or `local` (counted in this process against the rule's rate divided by "
+        "`replicas`).",
+    )
+    storage_timeout: float = Field(
+        default=0.05,
+        gt=0,
+        le=10,
+        description="Seconds a call may wait on a network store, all its rules together and "
+        "reconnecting included; then `on_storage_error` applies.",
+    )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=10000,
+        description="How many gateway processes share the store (replicas times `--workers`). With "
+        '`on_storage_error = "local"` each counts `rate // replicas` while the store is down, so that '
+        "together they let at most the rate through; a rate smaller than `replicas` is then a config "
+        "error.",
+    )
+    rules: tuple[Rule, ...] = Field(
+        default=(), description="The rate-limit rules. Every rule that covers a call must allow it."
+    )
 
     @field_validator("storage")
     @classmethod
@@ -361,9 +509,16 @@ class RateLimit(_Strict):
 
 
 class Reflection(_Strict):
-    # Serve reflection at all; and whether it needs a key (it lists and describes every routed service).
-    enabled: bool = True
-    public: bool = False
+    """Server reflection (v1 and v1alpha), answered by the gateway itself for every routed service,
+    with the proto comments, so that grpcurl and other tools can list and describe them."""
+
+    enabled: bool = Field(default=True, description="Serve reflection at all.")
+    public: bool = Field(
+        default=False,
+        description="Describe every routed service to callers without credentials. Otherwise a caller "
+        "without a key or token is told about health only, and nothing when `[health] public` is "
+        "false.",
+    )
 
     @model_validator(mode="after")
     def _enabled_if_public(self) -> Reflection:
@@ -373,16 +528,25 @@ class Reflection(_Strict):
 
 
 class Health(_Strict):
-    # grpc.health.v1 without a key, for load balancers; false makes it need a key like any call.
-    public: bool = True
+    """The standard health service, ``grpc.health.v1``: the gateway's own status, and each routed
+    service's as its upstream reports it (checked in the background, never per call)."""
+
+    public: bool = Field(
+        default=True,
+        description="Answer health checks without a key, for load balancers and orchestrators, which "
+        "have none; `false`: a key is needed, as for any call.",
+    )
 
 
 class ServerTls(_Strict):
     """TLS on the gateway's listener; with ``client_ca``, clients must show a certificate it signed (mTLS)."""
 
-    cert: ConfigPath
-    key: ConfigPath
-    client_ca: ConfigPath | None = None
+    cert: ConfigPath = Field(description="The listener's PEM certificate chain.")
+    key: ConfigPath = Field(description="The unencrypted private key of `cert` (PEM).")
+    client_ca: ConfigPath | None = Field(
+        default=None,
+        description="PEM CA bundle; when set, every client must present a certificate it signed (mTLS).",
+    )
 
 
 # What a JWT may be signed with: public-key algorithms with keys from a JWKS, HS256 with a shared secret.
@@ -395,11 +559,20 @@ class ClaimRule(_Strict):
     """A claim a token must carry to call ``methods``: ``contains`` a value (a list claim, or a
     space-separated string such as ``scope``), or ``equals`` one."""
 
-    claim: ClaimPath
-    contains: str | None = None
-    equals: str | int | bool | None = None
-    # Full service names and /package.Service/Method paths it guards; empty: every routed method.
-    methods: tuple[str, ...] = ()
+    claim: ClaimPath = Field(
+        description="The claim's name, or a dotted path into nested claims (`realm_access.roles`)."
+    )
+    contains: str | None = Field(
+        default=None,
+        description="A value the claim must contain: an item of a list claim, or a word of a "
+        "space-separated string such as `scope`. Give this or `equals`.",
+    )
+    equals: str | int | bool | None = Field(default=None, description="A value the claim must equal.")
+    methods: tuple[str, ...] = Field(
+        default=(),
+        description="Full service names and `/package.Service/Method` paths the rule guards. Empty: "
+        "every routed method.",
+    )
 
     @model_validator(mode="after")
     def _one_test(self) -> ClaimRule:
@@ -411,38 +584,84 @@ class ClaimRule(_Strict):
 class JwtProvider(_Strict):
     """An issuer of JWTs the gateway accepts, and where its keys come from (see gateway/policy/auth/jwt/)."""
 
-    # The token's iss claim, exactly.
-    issuer: str = Field(min_length=1)
-    # The token's aud claim must name one of these.
-    audiences: tuple[str, ...] = Field(min_length=1)
-    # The JWKS: an http:// or https:// URL, or a file (relative: from the config's folder). None
-    # (and no secret_env): the jwks_uri of the issuer's OpenID Connect discovery document.
-    jwks: str | None = None
-    # HS256 only: the environment variable that holds the shared secret (never the secret itself).
-    secret_env: str | None = Field(default=None, min_length=1)
-    # Default: RS256, or HS256 with secret_env.
-    algorithms: tuple[JwtAlgorithm, ...] = ()
-    # Seconds of difference allowed between the issuer's clock and the gateway's (exp, nbf, iat).
-    clock_skew: float = Field(default=30.0, ge=0, le=600)
-    # The metadata the token comes in: "authorization" holds "Bearer <token>"; any other key the token.
-    token_from: str = Field(default="authorization", pattern=r"^[0-9a-z_.\-]+$")
-    # The claim that names the client (x-client-id upstream, rate-limit key "client").
-    client_claim: ClaimPath = "sub"
-    # Claims sent upstream as x-jwt-<name> metadata ("email", "realm_access.roles").
-    forward_claims: tuple[ClaimPath, ...] = ()
-    # Send the token itself upstream too (by default it is not forwarded).
-    forward_token: bool = False
-    allow: tuple[ClaimRule, ...] = ()
-    # Seconds between JWKS refreshes, unless the JWKS answer's Cache-Control max-age says otherwise.
-    jwks_refresh: float = Field(default=300.0, gt=0, le=86400)
-    # Seconds between two fetches at least, whatever asks for them (tokens naming an unknown kid).
-    jwks_min_refetch: float = Field(default=10.0, gt=0, le=3600)
-    # Seconds one fetch may take.
-    jwks_timeout: float = Field(default=5.0, gt=0, le=60)
-    # Seconds the last good keys are used while fetches fail; then tokens are refused UNAVAILABLE.
-    stale_after: float = Field(default=86400.0, gt=0)
-    # A file the last good JWKS is kept in, used at start when the issuer cannot be reached.
-    jwks_cache: ConfigPath | None = None
+    issuer: str = Field(min_length=1, description="The issuer: the token's `iss`, exactly.")
+    audiences: tuple[str, ...] = Field(
+        min_length=1, description="The audiences accepted: the token's `aud` must name one of them."
+    )
+    jwks: str | None = Field(
+        default=None,
+        description="Where the issuer's public keys come from: an `http://` or `https://` URL, or a "
+        "file (read again at every refresh). Unset, and no `secret_env`: the `jwks_uri` of "
+        "`ISSUER/.well-known/openid-configuration` (OpenID Connect discovery).",
+    )
+    secret_env: str | None = Field(
+        default=None,
+        min_length=1,
+        description="HS256 instead of a JWKS: the name of the environment variable holding the shared "
+        "secret (at least 32 bytes), never the secret itself.",
+    )
+    algorithms: tuple[JwtAlgorithm, ...] = Field(
+        default=(),
+        description="The algorithms accepted; `HS256` only with `secret_env`, and then alone. Empty: "
+        '`["RS256"]`, or `["HS256"]` with `secret_env`.',
+    )
+    clock_skew: float = Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        description="Seconds of difference allowed between the issuer's clock and the gateway's, on "
+        "`exp`, `nbf` and `iat`.",
+    )
+    token_from: str = Field(
+        default="authorization",
+        pattern=r"^[0-9a-z_.\-]+$",
+        description="The metadata the token comes in: `authorization` holds `Bearer <token>`, any "
+        "other key the token itself.",
+    )
+    client_claim: ClaimPath = Field(
+        default="sub",
+        description="The claim that names the client: `x-client-id` upstream, the rate-limit key "
+        "`client`, `overrides`, the access log's `client`.",
+    )
+    forward_claims: tuple[ClaimPath, ...] = Field(
+        default=(),
+        description="Claims sent upstream as `x-jwt-<claim>` metadata (`email`, "
+        "`realm_access.roles`): a string as it is, a list of strings joined by commas, anything else "
+        "as compact JSON.",
+    )
+    forward_token: bool = Field(
+        default=False, description="Send the token itself upstream too; by default it is not forwarded."
+    )
+    allow: tuple[ClaimRule, ...] = Field(
+        default=(),
+        description="Claims a token must carry to call some methods; a token that fails a rule covering "
+        "the call is `PERMISSION_DENIED`.",
+    )
+    jwks_refresh: float = Field(
+        default=300.0,
+        gt=0,
+        le=86400,
+        description="Seconds between refreshes of the keys; an answer's `Cache-Control: max-age` wins.",
+    )
+    jwks_min_refetch: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds between two fetches at least, whatever asks for them (tokens naming an "
+        "unknown `kid`).",
+    )
+    jwks_timeout: float = Field(default=5.0, gt=0, le=60, description="Seconds one fetch may take.")
+    stale_after: float = Field(
+        default=86400.0,
+        gt=0,
+        description="Seconds the last good keys are used while fetches fail; then the issuer's tokens "
+        "are refused `UNAVAILABLE`.",
+    )
+    jwks_cache: ConfigPath | None = Field(
+        default=None,
+        description="A file the last good JWKS is written to, and read at start when the issuer "
+        "cannot be reached.",
+    )
 
     @field_validator("jwks")
     @classmethod
@@ -478,12 +697,21 @@ class JwtProvider(_Strict):
 
 
 class Auth(_Strict):
-    # After this many invalid keys from one address within failure_window seconds, every further call
-    # from that address is refused without a key check until the window ends. 0 turns this off.
-    max_failures: int = Field(default=20, ge=0)
-    failure_window: float = Field(default=60.0, gt=0, le=86400)
-    # Issuers of JWTs the gateway accepts beside API keys ([[auth.jwt]]).
-    jwt: tuple[JwtProvider, ...] = ()
+    """Authentication besides the keys themselves: the lockout after invalid keys, and JWT issuers."""
+
+    max_failures: int = Field(
+        default=20,
+        ge=0,
+        description="Invalid keys from one address within `failure_window` after which every further "
+        "call from it is refused, its key unread, until the window ends (IPv6 addresses count per "
+        "/64). `0` turns the lockout off.",
+    )
+    failure_window: float = Field(
+        default=60.0, gt=0, le=86400, description="Seconds, from an address's first invalid key."
+    )
+    jwt: tuple[JwtProvider, ...] = Field(
+        default=(), description="Issuers of JWTs the gateway accepts beside API keys."
+    )
 
     @field_validator("jwt")
     @classmethod
@@ -496,24 +724,47 @@ class Auth(_Strict):
 
 
 class Limits(_Strict):
-    # Largest request message, in bytes (gRPC's default); a larger one is RESOURCE_EXHAUSTED.
-    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=2**31 - 1)
-    # Largest request metadata (all headers of a call), in bytes; a larger one is RESOURCE_EXHAUSTED.
-    # 8 KiB is what a gRPC server with default settings (an upstream) always accepts; above it, up to
-    # 16 KiB, it refuses at random.
-    max_metadata_bytes: int = Field(default=8 * 1024, ge=1024, le=1024 * 1024)
+    """Sizes a request may not exceed: beyond them it is refused ``RESOURCE_EXHAUSTED`` (on the HTTP
+    door 413 and 431)."""
+
+    max_message_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        le=2**31 - 1,
+        description="The largest request message, in bytes (gRPC's default); also once decompressed, "
+        "so a gzip bomb is refused.",
+    )
+    max_metadata_bytes: int = Field(
+        default=8 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="The largest request metadata, all headers of a call together, in bytes. 8 KiB is "
+        "what a gRPC server with default settings (an upstream) always accepts; above it, up to 16 KiB, "
+        "it refuses at random.",
+    )
 
 
 class AccessLog(_Strict):
     """One JSON line per call (see gateway/ops/accesslog.py)."""
 
-    enabled: bool = True
-    # "stderr", "stdout", or a file the lines are appended to (relative: from the config's folder).
-    destination: str = Field(default="stderr", min_length=1)
-    # The lines' log level: written only while --log-level lets this level through.
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    enabled: bool = Field(default=True, description="Write a line per call.")
+    destination: str = Field(
+        default="stderr",
+        min_length=1,
+        description="`stderr`, `stdout`, or a file the lines are appended to.",
+    )
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO",
+        description="The lines' level, in any case; none are written while `--log-level` is above it.",
+    )
 
-    @field_validator("level", mode="before")
+    @field_validator(
+        "level",
+        mode="before",
+        json_schema_input_type=Literal[
+            "DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"
+        ],
+    )
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
@@ -529,22 +780,44 @@ class AccessLog(_Strict):
 class UpstreamKeepalive(_Strict):
     """HTTP/2 keepalive pings on upstream connections, so that a dead peer is noticed (grpc.keepalive_*)."""
 
-    # Seconds without activity before a ping; 0 turns pings off. An upstream gRPC server refuses pings
-    # more often than every 5 minutes (grpc.http2.min_ping_interval_without_data_ms) unless told otherwise.
-    time: float = Field(default=300.0, ge=0)
-    # Seconds to wait for the ping's answer before the connection is closed and its calls fail UNAVAILABLE.
-    timeout: float = Field(default=20.0, gt=0)
-    # Also ping connections that carry no call (an idle upstream is then found dead before a call needs it).
-    without_calls: bool = False
+    time: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds without activity on an upstream connection before a ping; `0`: no pings. "
+        "A gRPC server refuses pings more often than every 5 minutes unless told otherwise "
+        "(`grpc.http2.min_ping_interval_without_data_ms`) and closes the connection, so lower it only "
+        "for upstreams that allow it.",
+    )
+    timeout: float = Field(
+        default=20.0,
+        gt=0,
+        description="Seconds the ping's answer may take; then the connection is closed and its calls "
+        "fail `UNAVAILABLE`.",
+    )
+    without_calls: bool = Field(
+        default=False,
+        description="Ping connections that carry no call too, so that an idle upstream is found dead "
+        "before a call needs it.",
+    )
 
 
 class UpstreamReconnect(_Strict):
     """How soon grpc tries an upstream again after a connection to it failed (grpc's reconnect backoff)."""
 
-    # Seconds before the first new attempt; each failure makes the next wait 1.6 times longer, to `max`.
-    initial: float = Field(default=0.1, gt=0, le=60)
-    # Seconds between attempts at most: an upstream that comes back is used within about this long.
-    max: float = Field(default=2.0, gt=0, le=300)
+    initial: float = Field(
+        default=0.1,
+        gt=0,
+        le=60,
+        description="Seconds before the first new attempt; each failure makes the next wait 1.6 times "
+        "longer, up to `max`.",
+    )
+    max: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        description="The longest wait between attempts, in seconds: an upstream that comes back is used "
+        "within about this long (gRPC alone waits up to 120 s).",
+    )
 
     @model_validator(mode="after")
     def _initial_within_max(self) -> UpstreamReconnect:
@@ -556,16 +829,31 @@ class UpstreamReconnect(_Strict):
 class HttpRoute(_Strict):
     """An HTTP route of the config's own (one that is in no proto): ``method path`` calls ``call``."""
 
-    method: Literal["GET", "POST", "PUT", "DELETE", "PATCH"]
-    # A google.api.http path template: /api/users/users/{user_id}
-    path: str = Field(min_length=1)
-    # The routed gRPC method it calls: /package.Service/Method
-    call: str = Field(pattern=r"^/[^/]+/[^/]+$")
-    # As in google.api.http: "" (no body; fields from the path and the query), "*" or one field.
-    body: str = ""
-    response_body: str = ""
+    method: Literal["GET", "POST", "PUT", "DELETE", "PATCH"] = Field(
+        description="The HTTP method, in any case."
+    )
+    path: str = Field(
+        min_length=1, description="A `google.api.http` path template: `/api/users/users/{user_id}`."
+    )
+    call: str = Field(
+        pattern=r"^/[^/]+/[^/]+$", description="The routed gRPC method it calls: `/package.Service/Method`."
+    )
+    body: str = Field(
+        default="",
+        description='As in `google.api.http`: `""` (no body: the fields come from the path and the '
+        'query), `"*"` (the whole request) or the request field the body fills.',
+    )
+    response_body: str = Field(
+        default="", description="The reply field that is the response's body. Empty: the whole reply."
+    )
 
-    @field_validator("method", mode="before")
+    @field_validator(
+        "method",
+        mode="before",
+        json_schema_input_type=Literal[
+            "GET", "POST", "PUT", "DELETE", "PATCH", "get", "post", "put", "delete", "patch"
+        ],
+    )
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
@@ -603,43 +891,82 @@ class Cors(_Strict):
     Off while ``allow_origins`` is empty. A preflight is answered by the gateway, without a key.
     """
 
-    allow_origins: tuple[Annotated[str, AfterValidator(_origin_pattern)], ...] = ()
-    # Request headers a page may send besides those always allowed: content-type, x-grpc-web,
-    # x-user-agent, grpc-timeout, x-api-key, authorization, x-request-id.
-    allow_headers: tuple[Annotated[str, AfterValidator(_header_name)], ...] = ()
-    # Seconds a browser may keep a preflight's answer (Chromium keeps it 2 hours at most).
-    max_age: int = Field(default=600, ge=0, le=86400)
+    allow_origins: tuple[Annotated[str, AfterValidator(_origin_pattern)], ...] = Field(
+        default=(),
+        description='Origins whose pages may call the HTTP door: `"https://shop.example.com"`, '
+        '`"http://127.0.0.1:*"` (any port), `"https://*.example.com"` (any subdomain) or `"*"` (any '
+        "origin). Empty: CORS is off.",
+    )
+    allow_headers: tuple[Annotated[str, AfterValidator(_header_name)], ...] = Field(
+        default=(),
+        description="Request headers a page may send besides those always allowed: `content-type`, "
+        "`x-grpc-web`, `x-user-agent`, `grpc-timeout`, `x-api-key`, `authorization`, `x-request-id`.",
+    )
+    max_age: int = Field(
+        default=600,
+        ge=0,
+        le=86400,
+        description="Seconds a browser may keep a preflight's answer (Chromium keeps it 2 hours at most).",
+    )
 
 
 class Http(_Strict):
     """The HTTP/JSON door: every routed method as JSON, through the same chain as gRPC calls."""
 
-    # HOST:PORT it listens on (--http-listen overrides); none: no HTTP door.
-    listen: Address | None = None
-    # JSON field names in replies: "json" (proto3's lowerCamelCase) or "proto" (as in the .proto).
-    # Requests may use either.
-    json_names: Literal["json", "proto"] = "json"
-    # Seconds a call may take when the request sets no grpc-timeout header; none: no limit.
-    default_timeout: float | None = Field(default=None, gt=0)
-    # Seconds a connection has to send a whole request head, from when it opens or a request's first
-    # byte; then it is closed (slowloris, connections that never send).
-    header_timeout: float = Field(default=10.0, gt=0, le=3600)
-    # Seconds a keep-alive connection may sit idle between requests; then it is closed. Behind a load
-    # balancer, set it above the balancer's own idle timeout.
-    idle_timeout: float = Field(default=5.0, gt=0, le=3600)
-    # Open connections at most; a connection over it is answered 503 and closed. None: half the
-    # process's open-file limit (raised to its hard limit at start), at most 10,000.
-    max_connections: int | None = Field(default=None, ge=1)
-    routes: tuple[HttpRoute, ...] = ()
-    cors: Cors = Cors()
+    listen: Address | None = Field(
+        default=None,
+        description="`HOST:PORT` of the HTTP door: JSON, gRPC-Web, `/openapi.json`, `/docs`, "
+        "`/healthz` and `/readyz` (`--http-listen` overrides). Unset: no HTTP door.",
+    )
+    json_names: Literal["json", "proto"] = Field(
+        default="json",
+        description="Field names in replies: `json` (proto3 JSON's lowerCamelCase) or `proto` (as in "
+        "the .proto). Requests may use either.",
+    )
+    default_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a call may take when the request has no `grpc-timeout` header (a route's "
+        "own `default_timeout` wins). Unset: no limit.",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a connection has to send a whole request head, from when it opens or from "
+        "a request's first byte; then it is closed (slowloris, connections that never send).",
+    )
+    idle_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Seconds a keep-alive connection may sit idle between requests; then it is closed. "
+        "Behind a load balancer, set it above the balancer's own idle timeout.",
+    )
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description="Open connections at most; one more is answered `503` with `Retry-After: 1` and "
+        "closed. Unset: half the process's open-file limit (raised to its hard limit at start), at "
+        "most 10,000.",
+    )
+    routes: tuple[HttpRoute, ...] = Field(default=(), description="HTTP routes that no proto has.")
+    cors: Cors = Field(default=Cors(), description="Which other origins' web pages may call the door.")
 
 
 class TracingTls(_Strict):
     """TLS to the trace collector: its CA (default: the system's), and a client certificate if it asks."""
 
-    ca: ConfigPath | None = None
-    cert: ConfigPath | None = None
-    key: ConfigPath | None = None
+    ca: ConfigPath | None = Field(
+        default=None,
+        description="PEM file of the CA certificates that sign the collector's certificate. Unset: the "
+        "system's CAs.",
+    )
+    cert: ConfigPath | None = Field(
+        default=None,
+        description="A client certificate (PEM), for a collector that asks for one; give `key` with it.",
+    )
+    key: ConfigPath | None = Field(default=None, description="The unencrypted private key of `cert` (PEM).")
 
     @model_validator(mode="after")
     def _cert_with_key(self) -> TracingTls:
@@ -652,28 +979,61 @@ class Tracing(_Strict):
     """[tracing]: an OpenTelemetry span for every call, exported over OTLP. The standard OTEL_*
     variables fill in what it leaves out (gateway/ops/tracing.py); a field it sets wins."""
 
-    # OTLP/gRPC: the collector's HOST:PORT; http/protobuf: its URL (http://HOST:4318/v1/traces).
-    # None: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT, else the local default.
-    endpoint: str | None = Field(default=None, min_length=1)
-    # Unset: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL, else grpc. An endpoint
-    # given here is read with the protocol given here (or grpc): the two go together.
-    protocol: Literal["grpc", "http/protobuf"] = "grpc"
-    # The share of new traces kept; a caller's sampled flag is followed either way (parent-based).
-    # Unset: OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, else every trace (parent-based).
-    sample_ratio: float = Field(default=1.0, ge=0, le=1)
-    # Unset: OTEL_SERVICE_NAME, service.name in OTEL_RESOURCE_ATTRIBUTES, else grpc-gateway.
-    service_name: str = Field(default="grpc-gateway", min_length=1)
-    # Sent with every export, e.g. a collector's API key; over OTEL_EXPORTER_OTLP_TRACES_HEADERS
-    # (or OTEL_EXPORTER_OTLP_HEADERS), a name given here winning.
-    headers: dict[str, Annotated[str, AfterValidator(_printable)]] = Field(default_factory=dict)
-    # TLS to the collector; without it OTLP/gRPC is plaintext (an https:// URL is TLS either way).
-    tls: TracingTls | None = None
-    # Seconds one export may take before its spans are dropped (counted, logged).
-    export_timeout: float = Field(default=5.0, gt=0, le=60)
-    # Seconds between exports (sooner when 512 spans are waiting).
-    export_delay: float = Field(default=5.0, gt=0, le=60)
-    # Spans that may wait for the collector; then new ones are dropped (counted, logged).
-    max_queued_spans: int = Field(default=2048, ge=1, le=1_000_000)
+    endpoint: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The collector: `HOST:PORT` for OTLP/gRPC, a URL for `http/protobuf` "
+        "(`http://HOST:4318/v1/traces`). Unset: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, "
+        "`OTEL_EXPORTER_OTLP_ENDPOINT`, else the local default.",
+    )
+    protocol: Literal["grpc", "http/protobuf"] = Field(
+        default="grpc",
+        description="`grpc` or `http/protobuf`. An `endpoint` given here is read with the protocol "
+        "given here: the two go together. Unset, without `endpoint`: "
+        "`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, `OTEL_EXPORTER_OTLP_PROTOCOL`, else `grpc`.",
+    )
+    sample_ratio: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="The share of new traces kept; a caller's sampled flag is followed either way "
+        "(parent-based). Unset: `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`, else every trace.",
+    )
+    service_name: str = Field(
+        default="grpc-gateway",
+        min_length=1,
+        description="The spans' `service.name`. Unset: `OTEL_SERVICE_NAME`, `service.name` in "
+        "`OTEL_RESOURCE_ATTRIBUTES`, else `grpc-gateway`.",
+    )
+    headers: dict[str, Annotated[str, AfterValidator(_printable)]] = Field(
+        default_factory=dict,
+        description="Headers sent with every export (lower-case names), a collector's API key say; "
+        "added to `OTEL_EXPORTER_OTLP_TRACES_HEADERS` (or `OTEL_EXPORTER_OTLP_HEADERS`), a name given "
+        "here winning. Their values are never logged.",
+    )
+    tls: TracingTls | None = Field(
+        default=None,
+        description="TLS to the collector. Unset: OTLP/gRPC is plaintext (an `https://` URL is TLS "
+        "either way).",
+    )
+    export_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="Seconds one export may take; then its spans are dropped (counted, logged).",
+    )
+    export_delay: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="Seconds between exports (sooner when 512 spans are waiting).",
+    )
+    max_queued_spans: int = Field(
+        default=2048,
+        ge=1,
+        le=1_000_000,
+        description="Spans that may wait for the collector; past it new spans are dropped (counted, logged).",
+    )
 
     @model_validator(mode="after")
     def _endpoint_of_protocol(self) -> Tracing:
@@ -695,18 +1055,36 @@ class Tracing(_Strict):
 class StepConfig(_Strict):
     """A step of the user's own in the call chain (see gateway/call/step.py for the interface)."""
 
-    # "package.module:Class", importable from the gateway's environment; the class is built with
-    # ``options`` as its keyword arguments.
-    use: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-    # How logs, errors and other steps' after/before call it; default: the class name.
-    name: str = ""
-    # Exactly one: the step it follows or precedes ("metadata", "auth", "route", "rate_limit", or a
-    # user step listed earlier).
-    after: str | None = None
-    before: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-    # Seconds an ``async def`` check may take before its call is refused UNAVAILABLE.
-    timeout: float = Field(default=1.0, gt=0, le=60)
+    use: str = Field(
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="The step's class, `\"package.module:Class\"`, importable from the gateway's "
+        "environment.",
+    )
+    name: str = Field(
+        default="",
+        description="How errors, logs and other steps' `after` and `before` call it. Empty: the "
+        "class's `name` attribute, or its class name.",
+    )
+    after: str | None = Field(
+        default=None,
+        description="The step it goes after: `metadata`, `auth`, `route`, `rate_limit`, or a step "
+        "listed earlier. Give this or `before`.",
+    )
+    before: str | None = Field(
+        default=None, description="The step it goes before, named as for `after`. Give this or `after`."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The class's keyword arguments; a class that rejects them (`TypeError`, "
+        "`ValueError`) is a config error naming `steps[N].options`.",
+    )
+    timeout: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Seconds an `async def` check may take; then the call is refused `UNAVAILABLE` "
+        '"step NAME did not answer within T s".',
+    )
 
     @model_validator(mode="after")
     def _one_place(self) -> StepConfig:
@@ -723,40 +1101,78 @@ def _network(value: str) -> str:
 
 
 class GatewayConfig(_Strict):
-    listen: Address = "127.0.0.1:50050"
-    # What carries the calls: "native" (the native data plane: gateway/engines/native and native/)
-    # or "aio" (Python only, on grpc.aio's public API). Same decisions, same replies; --engine overrides.
-    engine: Literal["native", "aio"] = "native"
-    # FileDescriptorSet files (protoc --include_imports --descriptor_set_out) for services from
-    # outside this repository; this project's own services are always known.
-    descriptor_sets: tuple[Path, ...] = ()
-    # Seconds between health checks of each upstream.
-    health_check_interval: float = Field(default=2.0, gt=0)
-    # Seconds that in-flight calls get to finish on SIGTERM or SIGINT.
-    shutdown_grace: float = Field(default=10.0, ge=0)
-    # At least one key, unless [[auth.jwt]] providers authenticate the calls (checked with the plan).
-    api_keys: tuple[ApiKey, ...] = ()
-    routes: tuple[Route, ...] = Field(min_length=1)
-    rate_limit: RateLimit = RateLimit()
-    reflection: Reflection = Reflection()
-    health: Health = Health()
-    auth: Auth = Auth()
-    # TLS on the listener; plaintext when absent.
-    tls: ServerTls | None = None
-    limits: Limits = Limits()
-    # HOST:PORT of the Prometheus /metrics listener (--metrics-listen overrides); none: no metrics.
-    metrics_listen: Address | None = None
-    access_log: AccessLog = AccessLog()
-    upstream_keepalive: UpstreamKeepalive = UpstreamKeepalive()
-    upstream_reconnect: UpstreamReconnect = UpstreamReconnect()
-    # Steps of the user's own, placed in the call chain.
-    steps: tuple[StepConfig, ...] = ()
-    http: Http = Http()
-    tracing: Tracing | None = None
-    # Networks (CIDRs) of the load balancers and proxies in front of the gateway: a call from one of
-    # them counts as the client its X-Forwarded-For or Forwarded header names. Empty: those headers
-    # are believed from no one.
-    trusted_proxies: tuple[Annotated[str, AfterValidator(_network)], ...] = ()
+    """The gateway's configuration: one TOML file. Unknown fields are errors; relative paths in it are
+    taken from the file's folder."""
+
+    listen: Address = Field(
+        default="127.0.0.1:50050",
+        description="`HOST:PORT` the gRPC door listens on (`--listen` overrides).",
+    )
+    engine: Literal["native", "aio"] = Field(
+        default="native",
+        description="What carries the calls of the gRPC door: `native` (the native data plane in Rust, "
+        "gateway/engines/native and native/) or `aio` (Python alone, on grpc.aio's public API). "
+        "Same decisions, same replies; `--engine` overrides.",
+    )
+    descriptor_sets: tuple[Path, ...] = Field(
+        default=(),
+        description="FileDescriptorSet files (`protoc --include_imports --descriptor_set_out=…`) "
+        "describing services from outside this repository; this project's own services are always "
+        "known.",
+    )
+    health_check_interval: float = Field(
+        default=2.0, gt=0, description="Seconds between health checks of each upstream."
+    )
+    shutdown_grace: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds that calls in flight get to finish after SIGTERM or SIGINT; then they are "
+        "cancelled.",
+    )
+    # Whether there is a key or a provider is checked with the plan.
+    api_keys: tuple[ApiKey, ...] = Field(
+        default=(),
+        description="API keys and the clients they authenticate: at least one, unless `[[auth.jwt]]` "
+        "providers authenticate the calls.",
+    )
+    routes: tuple[Route, ...] = Field(
+        min_length=1, description="Which upstream serves each gRPC service: at least one route."
+    )
+    rate_limit: RateLimit = Field(default=RateLimit(), description="Rate limits.")
+    reflection: Reflection = Field(default=Reflection(), description="Server reflection.")
+    health: Health = Field(default=Health(), description="The health service.")
+    auth: Auth = Field(default=Auth(), description="The lockout after invalid keys, and JWT issuers.")
+    tls: ServerTls | None = Field(
+        default=None, description="TLS on the gRPC listener (and the HTTP door's). Unset: plaintext."
+    )
+    limits: Limits = Field(default=Limits(), description="Sizes a request may not exceed.")
+    metrics_listen: Address | None = Field(
+        default=None,
+        description="`HOST:PORT` of the Prometheus listener: `GET /metrics`, `/healthz`, `/readyz` "
+        "(`--metrics-listen` overrides, where a bare PORT means 127.0.0.1). Unset: no metrics.",
+    )
+    access_log: AccessLog = Field(default=AccessLog(), description="One JSON line per call.")
+    upstream_keepalive: UpstreamKeepalive = Field(
+        default=UpstreamKeepalive(), description="HTTP/2 pings on upstream connections."
+    )
+    upstream_reconnect: UpstreamReconnect = Field(
+        default=UpstreamReconnect(), description="How soon an upstream is tried again after a failure."
+    )
+    steps: tuple[StepConfig, ...] = Field(
+        default=(), description="Steps of your own, placed in the call chain."
+    )
+    http: Http = Field(default=Http(), description="The HTTP/JSON and gRPC-Web door.")
+    tracing: Tracing | None = Field(
+        default=None,
+        description="OpenTelemetry tracing. Unset: tracing only when the `OTEL_*` variables name a "
+        "collector.",
+    )
+    trusted_proxies: tuple[Annotated[str, AfterValidator(_network)], ...] = Field(
+        default=(),
+        description="Networks (CIDRs; a bare address is a /32 or /128) of the load balancers and "
+        "proxies in front of the gateway: a call from one of them counts as the client its "
+        "`X-Forwarded-For` or `Forwarded` header names. Empty: those headers are believed from no one.",
+    )
 
     @field_validator("routes")
     @classmethod
@@ -815,3 +1231,13 @@ def load_config(path: Path) -> GatewayConfig:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"not valid TOML: {error}") from None
     return parse_config(data, str(path))
+
+
+def json_schema_text() -> str:
+    """The JSON Schema of a config file, as ``make schema`` writes it to ``gateway.schema.json``.
+
+    Editors complete and check a TOML file by it (Taplo's ``#:schema`` directive); it describes the
+    file as written, so a rate-limit key is the string ``"field:user_id"``, not what it parses into.
+    """
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **GatewayConfig.model_json_schema()}
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"

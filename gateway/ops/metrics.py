@@ -36,11 +36,12 @@ from runtime.serving import BindError
 
 PREFIX = "grpc_gateway"
 
-# Seconds; from a fast local call (about a millisecond) to a long stream.
+# Seconds; from a fast call on loopback to a long stream.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-# Seconds a rate-limit decision on a shared store takes: a loopback Redis answers in a fraction of a
-# millisecond; the storage timeout (0.05 s by default) bounds it.
+# Seconds a rate-limit decision on a shared store takes: finer than the call buckets, for a Redis
+# near the gateway (bench/limiter_cost.py measures a decision on loopback); the storage timeout
+# (0.05 s by default) bounds it.
 DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 # The modes a replica's rate limiting can be in (see gateway/policy/ratelimit/outage.py).
