@@ -1,10 +1,11 @@
 //! The queue between the I/O threads and the one Python thread that decides: arrivals (each with a oneshot
 //! for its verdict) and endings. The I/O threads never take the GIL; they only push here.
 
+use std::cell::Cell;
 use std::io::{Read, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +19,14 @@ use crate::status::Status;
 
 /// Most events one `next_batch` returns.
 pub const BATCH: usize = 256;
+
+/// Events an I/O thread queues before it rings, should it not go idle first.
+const RING_AFTER: usize = 64;
+
+thread_local! {
+    /// Whether this thread is an I/O thread that says when it goes idle ([`Queue::idle`]).
+    static RINGS_WHEN_IDLE: Cell<bool> = const { Cell::new(false) };
+}
 
 pub type Headers = Vec<(HeaderName, HeaderValue)>;
 
@@ -65,6 +74,11 @@ pub enum Event {
 /// Besides waiting on it ([`Queue::batch`]), the consumer may watch a socket, the bell: one byte is
 /// written to it when the queue turns from drained to not, so that an event loop (asyncio's
 /// `add_reader`) wakes only when there is work, and takes it without blocking ([`Queue::take`]).
+///
+/// An I/O thread rings for what it queued only as it goes idle (or once [`RING_AFTER`] events
+/// wait): the consumer then wakes once for every call the thread's turn produced, instead of once
+/// per call, each wake-up a switch between threads (on a shared CPU, one that preempts the I/O
+/// thread mid-turn). Any other thread rings at once.
 pub struct Queue {
     tx: Sender<Event>,
     rx: Receiver<Event>,
@@ -72,6 +86,7 @@ pub struct Queue {
     bell: UnixStream,
     ear: UnixStream,
     rung: AtomicBool,
+    unrung: AtomicUsize,
 }
 
 impl Default for Queue {
@@ -87,6 +102,7 @@ impl Default for Queue {
             bell,
             ear,
             rung: AtomicBool::new(false),
+            unrung: AtomicUsize::new(0),
         }
     }
 }
@@ -95,7 +111,25 @@ impl Queue {
     pub fn push(&self, event: Event) {
         // The queue owns its receiver, so a send cannot fail.
         let _ = self.tx.send(event);
+        if RINGS_WHEN_IDLE.with(Cell::get)
+            && self.unrung.fetch_add(1, Ordering::SeqCst) + 1 < RING_AFTER
+        {
+            return;
+        }
+        self.unrung.store(0, Ordering::SeqCst);
         self.ring();
+    }
+
+    /// This thread is an I/O thread: from now on its events ring when it calls [`Queue::idle`].
+    pub fn rings_when_idle() {
+        RINGS_WHEN_IDLE.with(|rings| rings.set(true));
+    }
+
+    /// The calling I/O thread goes idle: ring for what it queued.
+    pub fn idle(&self) {
+        if self.unrung.swap(0, Ordering::SeqCst) > 0 {
+            self.ring();
+        }
     }
 
     /// One byte on the bell, unless one is already waiting to be heard. A full socket buffer means
@@ -132,11 +166,14 @@ impl Queue {
                 Err(_) => break,
             }
         }
-        if events.is_empty() && self.is_closed() {
+        let closed = self.is_closed();
+        if events.is_empty() && closed {
             return None;
         }
-        if events.len() == BATCH {
-            self.ring(); // more may be waiting: the consumer comes back for them
+        // More may be waiting, or, once closed, the consumer must come back until it is told so: the
+        // last events of a stop are pushed by I/O threads that shut down before they go idle.
+        if events.len() == BATCH || closed {
+            self.ring();
         }
         Some(events)
     }
@@ -196,6 +233,22 @@ mod tests {
         assert_eq!(queue.take().unwrap().len(), 1); // rang again after the take
         assert!(queue.take().unwrap().is_empty());
         queue.close();
+        assert!(queue.take().is_none());
+    }
+
+    #[test]
+    fn once_closed_the_bell_rings_until_the_queue_is_empty() {
+        let queue = Queue::default();
+        Queue::rings_when_idle(); // as an I/O thread: its pushes ring when it goes idle
+        queue.push(ending(0));
+        let mut heard = [0u8; 8];
+        assert!((&queue.ear).read(&mut heard).is_err()); // not rung yet
+        queue.idle();
+        assert_eq!((&queue.ear).read(&mut heard).unwrap(), 1);
+        queue.push(ending(1)); // an I/O thread's last event, and it never goes idle
+        queue.close();
+        assert_eq!(queue.take().unwrap().len(), 2);
+        assert_eq!((&queue.ear).read(&mut heard).unwrap(), 1); // come back: it is closed
         assert!(queue.take().is_none());
     }
 

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use tokio_rustls::TlsAcceptor;
 
+use crate::decider::Queue;
 use crate::forward::{self, ConnState, Shared};
 use crate::metadata::format_peer;
 
@@ -110,9 +111,14 @@ impl Server {
             |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {name}: {e}"));
         let listener = bind(&self.config).map_err(named)?;
         let port = listener.local_addr().map_err(named)?.port();
+        let shared = self.shared.clone();
+        // Each worker rings the queue's bell as it goes idle (`Queue::idle`); a worker is marked as
+        // one when it first wakes (the blocking pool's threads never park, so they ring at once).
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(self.config.io_threads.max(1))
             .thread_name("gateway-io")
+            .on_thread_unpark(Queue::rings_when_idle)
+            .on_thread_park(move || shared.queue.idle())
             .enable_all()
             .build()?;
         let listener = {
