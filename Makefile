@@ -94,8 +94,9 @@ lint: install
 # page or anchor fails it. docs/hooks/ fill in the configuration reference, from gateway/config/schema.py,
 # and the latest bench results committed in bench/results/. (NO_MKDOCS_2_WARNING: no banner about the
 # theme's successor on every build.)
+# The hooks (docs/hooks/) read bench/, which is not installed: the project's folder is on the path.
 docs: install
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 PYTHONPATH=$(CURDIR) $(BIN)/mkdocs build --strict
 
 # The config's JSON Schema, for editors (docs/configuration.md), written from the pydantic models after
 # a change of gateway/config/schema.py; tests/docs fails while the committed file is not current.

@@ -3,11 +3,14 @@
 
 They are named after the run's start, in local time, so that a folder of them sorts by date; the ones
 worth keeping are added to git by hand (``latest.json`` is git-ignored, the dated files are not).
+The README shows the anchors' table of a run (:func:`readme_block`), written there by ``make bench``
+and checked against the newest committed run by tests/docs.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import time
@@ -16,6 +19,20 @@ from pathlib import Path
 from typing import Any
 
 STAMP = "%Y-%m-%d-%H%M"
+RESULTS = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parents[1] / "README.md"
+# A results file is named after its run's start: YYYY-MM-DD-HHMM, with -2, -3... for a same minute.
+DATED = re.compile(r"\d{4}-\d{2}-\d{2}-\d{4}(-\d+)?")
+# Where the README's table of a run goes, between these two lines.
+README_START = "<!-- bench: make bench writes this part from its results; tests/docs checks it -->"
+README_END = "<!-- bench: end -->"
+# The README's rows: the anchors, then the gateway on each engine (bench/report.py's path names).
+README_PATHS = (
+    ("nginx", "nginx 1.22, `grpc_pass` + key check + `limit_req`"),
+    ("envoy", "Envoy, one worker + key route + `local_ratelimit`"),
+    ("gateway", "**this gateway**, native engine: key, per-user rule, access log, metrics"),
+    ("gateway-aio", "this gateway, aio engine (Python alone)"),
+)
 # Keys of the environment (see bench/run.py) shown as the machine, and their labels.
 MACHINE = (
     ("cpu_model", "CPU"),
@@ -117,3 +134,76 @@ def write(
     data.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     document.write_text(text)
     return data, document
+
+
+def latest(folder: Path = RESULTS, suffix: str = ".md") -> Path | None:
+    """The newest dated results file (``.md`` or ``.json``) git tracks in ``folder`` (any, outside a
+    git checkout)."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--", "."], cwd=folder, capture_output=True, text=True, check=True
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        listed = [path.name for path in folder.glob(f"*{suffix}")]
+    dated = [name for name in listed if name.endswith(suffix) and DATED.fullmatch(name.removesuffix(suffix))]
+    return folder / max(dated, key=lambda name: _run_order(name.removesuffix(suffix))) if dated else None
+
+
+def _run_order(stem: str) -> tuple[str, int]:
+    """Date first, then the -2, -3... of runs started in the same minute."""
+    number = stem[len("YYYY-MM-DD-HHMM") :].lstrip("-")
+    return stem[: len("YYYY-MM-DD-HHMM")], int(number) if number else 1
+
+
+def readme_block(results: Mapping[str, Any], name: str) -> str:
+    """The README's part of the run whose results (the JSON) are ``results``, filed as ``name``
+    (without suffix): each anchor's and engine's CPU per unary call and p99, and the comparisons with
+    the anchors, with their targets."""
+    environment: Mapping[str, Any] = results.get("environment", {})
+    summary: Mapping[str, Any] = results.get("summary", {})
+    unary: Mapping[str, Any] = summary.get("unary", {})
+    lines = [
+        README_START,
+        f"From [`bench/results/{name}.md`](bench/results/{name}.md): "
+        f"`{results.get('command', 'make bench')}` on {environment.get('cpus', '?')} cores "
+        f"({environment.get('cpu_model', '?')}), a unary `GetUser` "
+        "through each proxy to the same service, medians of the rounds.",
+        "",
+        "| proxy | CPU µs per call | p99 ms |",
+        "|---|---:|---:|",
+    ]
+    for path, label in README_PATHS:
+        stats = unary.get(path)
+        if not stats or stats.get("proxy_cpu_us") is None:
+            continue
+        cpu, p99 = stats["proxy_cpu_us"]["median"], stats["p99_us"]["median"] / 1000
+        lines.append(f"| {label} | {cpu:.0f} | {p99:.1f} |")
+    lines += ["", "| comparison | value | target | |", "|---|---:|---:|---|"]
+    for comparison in summary.get("comparisons", ()):
+        value = comparison.get("value")
+        if not comparison.get("target") or value is None:
+            continue
+        meets = {True: "met", False: "**not met**"}.get(comparison.get("meets"), "")
+        unit = "x" if comparison.get("unit") == "x" else f" {comparison.get('unit')}"
+        figure = f"{value['median']:.2f}{unit}"
+        lines.append(f"| {_cell(comparison['name'])} | {figure} | {comparison['target']} | {meets} |")
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def with_readme_block(readme: str, block: str) -> str:
+    """``readme`` with its part between :data:`README_START` and :data:`README_END` replaced by ``block``.
+
+    Raises:
+        ValueError: the README has no such part.
+    """
+    start, end = readme.find(README_START), readme.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the README has no part between {README_START!r} and {README_END!r}")
+    return readme[:start] + block + readme[end + len(README_END) :]
+
+
+def readme_part(readme: str) -> str:
+    """The README's part that :func:`readme_block` writes, markers included ("" if it has none)."""
+    start, end = readme.find(README_START), readme.find(README_END)
+    return readme[start : end + len(README_END)] if 0 <= start < end else ""

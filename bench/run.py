@@ -645,9 +645,11 @@ def _run(settings: Settings, output: Path, argv: list[str]) -> int:
         notes=notes,
     )
     data, table = results.write(output.parent, started_at, summary, document)
+    readme = results.README.read_text()
+    results.README.write_text(results.with_readme_block(readme, results.readme_block(summary, data.stem)))
     print(
         f"\nbench: {len(runs)} runs in {elapsed:.0f} s; raw numbers in {_shown(output)} and {_shown(data)}, "
-        f"the report as Markdown in {_shown(table)}"
+        f"the report as Markdown in {_shown(table)}, its table in {_shown(results.README)}"
     )
     return 0
 

@@ -8,29 +8,15 @@ the newest committed Markdown file in its place, so that no figure on the site i
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import Files
 from mkdocs.structure.pages import Page
 
+from bench.results import RESULTS, latest
+
 MARKER = "<!-- bench-results -->"
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
-# A results file is named after its run's start: YYYY-MM-DD-HHMM.md, with -2, -3... for a same minute.
-DATED = re.compile(r"\d{4}-\d{2}-\d{2}-\d{4}(-\d+)?\.md")
-
-
-def latest(folder: Path = RESULTS) -> Path | None:
-    """The newest dated results file git tracks in ``folder`` (any, outside a git checkout)."""
-    try:
-        listed = subprocess.run(
-            ["git", "ls-files", "--", "."], cwd=folder, capture_output=True, text=True, check=True
-        ).stdout.split()
-    except (OSError, subprocess.CalledProcessError):
-        listed = [path.name for path in folder.glob("*.md")]
-    dated = [name for name in listed if DATED.fullmatch(name)]
-    return folder / max(dated, key=_run_order) if dated else None
 
 
 def results_markdown(folder: Path = RESULTS) -> str:
@@ -51,10 +37,3 @@ def on_page_markdown(markdown: str, /, *, page: Page, config: MkDocsConfig, file
     if MARKER not in markdown:
         return markdown
     return markdown.replace(MARKER, results_markdown())
-
-
-def _run_order(name: str) -> tuple[str, int]:
-    """Date first, then the -2, -3... of runs started in the same minute."""
-    stem = name.removesuffix(".md")
-    number = stem[len("YYYY-MM-DD-HHMM") :].lstrip("-")
-    return stem[: len("YYYY-MM-DD-HHMM")], int(number) if number else 1

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from docs.hooks.bench_results import MARKER, RESULTS, latest, results_markdown
+from bench.results import RESULTS, latest
+from docs.hooks.bench_results import MARKER, results_markdown
 
 pytestmark = pytest.mark.engine_neutral
 
