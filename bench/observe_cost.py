@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 
+from gateway.call.lifecycle import upstream_metadata
 from gateway.call.requestid import request_id_of
 from gateway.call.step import Call
 from gateway.config.schema import AccessLog as AccessLogConfig
@@ -53,7 +54,8 @@ def _cpu_per_call(sample_ratio: float | None, calls: int) -> float:
         config = Tracing(endpoint=endpoint, sample_ratio=sample_ratio, export_timeout=0.1)
         tracer = Tracer(config, metrics.spans_dropped)
     observed = Observability(metrics, None, AccessLog(AccessLogConfig(enabled=False)), tracer)
-    observer = load_plan(BENCH / "gateway.toml", {}, lambda _: observed).chain.of(METHOD).observer
+    chain = load_plan(BENCH / "gateway.toml", {}, lambda _: observed).chain.of(METHOD)
+    observer = chain.observer
     started_cpu = time.thread_time()
     for _ in range(calls):
         started = observer.start()
@@ -61,7 +63,7 @@ def _cpu_per_call(sample_ratio: float | None, calls: int) -> float:
         call.started = started
         call.first = b"\x08\x65"
         call.client = "bench"
-        observer.forwarding(call)
+        upstream_metadata(chain, call)
         observer.ended(call, grpc.StatusCode.OK, started)
     cpu = (time.thread_time() - started_cpu) / calls * 1e6
     if tracer is not None:

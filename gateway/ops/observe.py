@@ -67,8 +67,8 @@ class MethodObserver:
         return time.perf_counter()
 
     def forwarding(self, call: Call) -> Metadata:
-        """The metadata to send upstream with ``call``, which the door is about to forward."""
-        call.upstream_started = time.perf_counter()
+        """The metadata to send upstream with ``call``, which the door is about to forward (the
+        lifecycle has set ``call.upstream_started``)."""
         if self._metrics is not None and self._metrics.client is not None:
             self._metrics.client.started.inc()
         if self._spans is not None and self._spans.forwards:

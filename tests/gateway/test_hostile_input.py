@@ -437,6 +437,12 @@ async def _huge_timeout(gateway: Started) -> Seen:
     return await raw(gateway, headers, grpc_frame(user(101)))
 
 
+@case("a grpc-timeout of 99,999,999 hours (the most it can say)", "OK")
+async def _longest_timeout(gateway: Started) -> Seen:
+    headers = grpc_request(GET_USER, KEY, [(b"grpc-timeout", b"99999999H")])
+    return await raw(gateway, headers, grpc_frame(user(101)))
+
+
 # --- request values ------------------------------------------------------------------------------
 
 
