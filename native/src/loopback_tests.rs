@@ -119,14 +119,24 @@ fn decide(server: Arc<Server>, endings: mpsc::Sender<EndingEvent>) {
     }
 }
 
-#[test]
-fn forwards_and_refuses_over_loopback() {
-    let client_runtime = tokio::runtime::Runtime::new().unwrap();
-    let upstream_port = client_runtime.block_on(upstream());
+/// A server on a free loopback port (one I/O thread, small limits) serving `routes` from the upstream
+/// `name` on `upstream_port`, and a thread deciding its calls ([`decide`]): the server, its port, the
+/// calls' endings and the deciding thread, which ends once the server has stopped.
+fn serve(
+    routes: Vec<(&str, Route)>,
+    name: &str,
+    upstream_port: u16,
+    reuse_port: bool,
+) -> (
+    Arc<Server>,
+    u16,
+    mpsc::Receiver<EndingEvent>,
+    std::thread::JoinHandle<()>,
+) {
     let server = Arc::new(Server::new(Config {
         host: "127.0.0.1".into(),
         port: 0,
-        reuse_port: true,
+        reuse_port,
         io_threads: 1,
         tls: None,
         max_concurrent_streams: 10,
@@ -135,15 +145,6 @@ fn forwards_and_refuses_over_loopback() {
         idle_timeout: Some(Duration::from_secs(5)),
         header_timeout: Some(Duration::from_secs(5)),
     }));
-    let route = Route {
-        upstream: "echo".into(),
-        service: "t.E".into(),
-        client_streaming: false,
-        server_streaming: false,
-        reads_request: true,
-        default_timeout: None,
-        retry: None,
-    };
     let pool = Pool::new(
         vec![Address::Tcp {
             host: "127.0.0.1".into(),
@@ -153,11 +154,11 @@ fn forwards_and_refuses_over_loopback() {
         ConnSettings::default(),
     );
     server.shared().set_plan(Plan::new(
-        HashMap::from([
-            ("/t.E/Echo".to_owned(), route.clone()),
-            ("/t.E/Refuse".to_owned(), route),
-        ]),
-        HashMap::from([("echo".to_owned(), Arc::new(pool))]),
+        routes
+            .into_iter()
+            .map(|(path, route)| (path.to_owned(), route))
+            .collect(),
+        HashMap::from([(name.to_owned(), Arc::new(pool))]),
     ));
     let port = server.start().unwrap();
     let (endings_tx, endings) = mpsc::channel();
@@ -165,6 +166,28 @@ fn forwards_and_refuses_over_loopback() {
         let server = server.clone();
         move || decide(server, endings_tx)
     });
+    (server, port, endings, decider)
+}
+
+#[test]
+fn forwards_and_refuses_over_loopback() {
+    let client_runtime = tokio::runtime::Runtime::new().unwrap();
+    let upstream_port = client_runtime.block_on(upstream());
+    let route = Route {
+        upstream: "echo".into(),
+        service: "t.E".into(),
+        client_streaming: false,
+        server_streaming: false,
+        reads_request: true,
+        default_timeout: None,
+        retry: None,
+    };
+    let (server, port, endings, decider) = serve(
+        vec![("/t.E/Echo", route.clone()), ("/t.E/Refuse", route)],
+        "echo",
+        upstream_port,
+        true,
+    );
 
     client_runtime.block_on(async {
         let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -310,18 +333,6 @@ async fn flaky_upstream() -> Flaky {
 fn answers_with_headers_first_and_retries_over_loopback() {
     let client_runtime = tokio::runtime::Runtime::new().unwrap();
     let upstream = client_runtime.block_on(flaky_upstream());
-    let server = Arc::new(Server::new(Config {
-        host: "127.0.0.1".into(),
-        port: 0,
-        reuse_port: false,
-        io_threads: 1,
-        tls: None,
-        max_concurrent_streams: 10,
-        max_message_bytes: 1024,
-        max_metadata_bytes: 8192,
-        idle_timeout: Some(Duration::from_secs(5)),
-        header_timeout: Some(Duration::from_secs(5)),
-    }));
     let retried = Route {
         upstream: "flaky".into(),
         service: "t.E".into(),
@@ -335,28 +346,16 @@ fn answers_with_headers_first_and_retries_over_loopback() {
         retry: None,
         ..retried.clone()
     };
-    let pool = Pool::new(
-        vec![Address::Tcp {
-            host: "127.0.0.1".into(),
-            port: upstream.port,
-        }],
-        None,
-        ConnSettings::default(),
+    let (server, port, endings, decider) = serve(
+        vec![
+            ("/t.E/Retried", retried.clone()),
+            ("/t.E/Once", once),
+            ("/t.E/RefuseWithHeaders", retried),
+        ],
+        "flaky",
+        upstream.port,
+        false,
     );
-    server.shared().set_plan(Plan::new(
-        HashMap::from([
-            ("/t.E/Retried".to_owned(), retried.clone()),
-            ("/t.E/Once".to_owned(), once),
-            ("/t.E/RefuseWithHeaders".to_owned(), retried),
-        ]),
-        HashMap::from([("flaky".to_owned(), Arc::new(pool))]),
-    ));
-    let port = server.start().unwrap();
-    let (endings_tx, endings) = mpsc::channel();
-    let decider = std::thread::spawn({
-        let server = server.clone();
-        move || decide(server, endings_tx)
-    });
     let attempts = |expected: &[&str]| {
         let seen = std::mem::take(&mut *upstream.attempts.lock().unwrap());
         assert_eq!(seen, expected);
