@@ -281,6 +281,7 @@ async def serve(plan: Plan, reload: Reloader, reuse_port: bool = False) -> int:
             "listening",
             extra={
                 "address": address,
+                "engine": config.engine,
                 "tls": "off" if config.tls is None else ("mtls" if config.tls.client_ca else "tls"),
                 "routes": dict(plan.routes.upstream_of),
                 "metrics": config.metrics_listen,

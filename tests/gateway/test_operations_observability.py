@@ -38,7 +38,7 @@ from tests.gateway.ops_support import (
     write,
 )
 from tests.services.logs import log_entries, wait_for_entry
-from tests.support.processes import free_port, running
+from tests.support.processes import free_port, gateway_engine, running
 
 PER_USER = """
 [[rate_limit.rules]]
@@ -175,6 +175,15 @@ async def test_access_log_line_per_call(setup: Setup) -> None:
     # The client's name, never its key, in any line the gateway wrote.
     assert "secret-key" not in gateway.log()
     assert "wrong-key" not in gateway.log()
+
+
+async def test_the_start_line_says_what_serves(setup: Setup) -> None:
+    [started] = [entry for entry in log_entries(setup.gateway.process) if entry["message"] == "listening"]
+    assert started["address"] == setup.gateway.address
+    assert started["engine"] == gateway_engine()  # which data plane carries the calls
+    assert started["tls"] == "off"
+    assert started["routes"][USERS] == setup.users
+    assert set(started["routes"]) == {USERS, RECOMMENDATIONS}
 
 
 def _lines(gateway: Gateway, request_id: str) -> list[dict[str, Any]]:
