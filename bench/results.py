@@ -28,7 +28,7 @@ README_START = "<!-- bench: make bench writes this part from its results; tests/
 README_END = "<!-- bench: end -->"
 # The README's rows: the anchors, then the gateway on each engine (bench/report.py's path names).
 README_PATHS = (
-    ("nginx", "nginx 1.22, `grpc_pass` + key check + `limit_req`"),
+    ("nginx", "nginx, `grpc_pass` + key check + `limit_req`"),
     ("envoy", "Envoy, one worker + key route + `local_ratelimit`"),
     ("gateway", "**this gateway**, native engine: key, per-user rule, access log, metrics"),
     ("gateway-aio", "this gateway, aio engine (Python alone)"),

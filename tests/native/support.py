@@ -191,6 +191,22 @@ class Gateway:
         return self.endings.get(timeout=timeout)
 
 
+def small_server(port: int = 0) -> gateway_native.Server:
+    """A server not started yet, on ``port`` of 127.0.0.1: one I/O thread, small limits, no TLS."""
+    return gateway_native.Server(
+        "127.0.0.1",
+        port,
+        reuse_port=False,
+        io_threads=1,
+        tls=None,
+        max_concurrent_streams=10,
+        max_message_bytes=1024,
+        max_metadata_bytes=8192,
+        idle_timeout=0.0,
+        header_timeout=0.0,
+    )
+
+
 def plan(
     upstreams: Upstreams, down_port: int
 ) -> tuple[dict[str, gateway_native.Method], dict[str, gateway_native.Upstream]]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 import hpack
 
+from tests.gateway.h2wire import grpc_request
 from tests.native.support import KEY, Gateway, Upstreams, started
 
 BLIND = "/test.Echo/Blind"
@@ -30,19 +31,6 @@ MAX_FRAME = 16384
 
 def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     return struct.pack(">I", len(payload))[1:] + struct.pack(">BBI", kind, flags, stream) + payload
-
-
-def request_headers(path: str, *extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
-    return [
-        (b":method", b"POST"),
-        (b":scheme", b"http"),
-        (b":path", path.encode()),
-        (b":authority", b"127.0.0.1"),
-        (b"content-type", b"application/grpc"),
-        (b"te", b"trailers"),
-        (b"x-api-key", b"secret-key"),
-        *extra,
-    ]
 
 
 def literal_block(headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -143,7 +131,7 @@ def in_thread(work: Callable[[], None]) -> Iterator[threading.Thread]:
 async def test_rapid_reset_is_cut_off_and_reaches_no_upstream(upstreams: Upstreams) -> None:
     upstreams.drain_seen()
     encoder = hpack.Encoder()
-    first, rest = encoder.encode(request_headers(BLIND)), encoder.encode(request_headers(BLIND))
+    first, rest = encoder.encode(grpc_request(BLIND)), encoder.encode(grpc_request(BLIND))
     streams = 20_000
     payload = b"".join(
         frame(HEADERS, END_HEADERS, stream, first if stream == 1 else rest)
@@ -187,7 +175,7 @@ async def test_a_settings_flood_leaves_other_connections_served(upstreams: Upstr
 
 
 async def test_a_header_block_far_past_the_limit_is_cut_by_http2(upstreams: Upstreams) -> None:
-    block = literal_block(request_headers(ECHO, (b"x-note", b"n" * (600 << 10))))
+    block = literal_block(grpc_request(ECHO, extra=[(b"x-note", b"n" * (600 << 10))]))
     chunks = [block[at : at + MAX_FRAME] for at in range(0, len(block), MAX_FRAME)]
     payload = frame(HEADERS, END_STREAM, 1, chunks[0])
     payload += b"".join(frame(CONTINUATION, 0, 1, chunk) for chunk in chunks[1:-1])

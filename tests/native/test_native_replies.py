@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from tests.gateway.h2wire import Headers, Reply, exchange, grpc_frame, grpc_request
-from tests.native.support import KEY, Gateway, Record, Upstreams, as_dict, started
+from tests.native.support import KEY, Gateway, Record, Upstreams, as_dict, small_server, started
 
 ECHO = "/test.Echo/Echo"
 BLIND = "/test.Echo/Blind"
@@ -396,18 +396,7 @@ async def test_a_pseudo_header_after_the_others_is_malformed_http2(gateway: Gate
 
 
 def test_a_method_takes_a_retry_policy_as_its_seventh_field() -> None:
-    server = gateway_native.Server(
-        "127.0.0.1",
-        0,
-        reuse_port=False,
-        io_threads=1,
-        tls=None,
-        max_concurrent_streams=10,
-        max_message_bytes=1024,
-        max_metadata_bytes=8192,
-        idle_timeout=0.0,
-        header_timeout=0.0,
-    )
+    server = small_server()
     upstreams: dict[str, gateway_native.Upstream] = {"u": (["127.0.0.1:1"], None)}
     settings = ((0.0, 20.0, False), (0.05, 0.5))
     server.set_plan({"/a.B/C": ("u", "a.B", False, False, False, None)}, upstreams, *settings)

@@ -32,6 +32,7 @@ from tests.native.support import (
     as_dict,
     echo_upstream,
     plan,
+    small_server,
     started,
 )
 from tests.support.processes import free_port
@@ -308,18 +309,7 @@ def test_bind_error_names_the_address() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = gateway_native.Server(
-            "127.0.0.1",
-            port,
-            reuse_port=False,
-            io_threads=1,
-            tls=None,
-            max_concurrent_streams=10,
-            max_message_bytes=1024,
-            max_metadata_bytes=8192,
-            idle_timeout=0.0,
-            header_timeout=0.0,
-        )
+        server = small_server(port)
         with pytest.raises(OSError, match=f"127.0.0.1:{port}"):
             server.start()
         server.stop(0)

@@ -3,7 +3,8 @@ event loop's thread.
 
 The native data plane (Rust, ``gateway_native``) carries the bytes on its own I/O threads, which never
 take the GIL. It queues each call's facts (an ``Arrival``) and each call's end (an ``Ending``), and
-rings a socket when the queue turns non-empty; the event loop watches that socket and takes the
+rings a socket once an I/O thread has queued what its turn produced and goes idle; the event loop
+watches that socket and takes the
 queue in batches, decides each arrival and answers it (admit with the metadata to send upstream, or
 refuse), and reports each ending, through the call's lifecycle as every door does
 (gateway/call/lifecycle.py). One Python thread decides, as one thread did on every engine before:
