@@ -17,6 +17,7 @@ DIRECT = "direct"
 YARDSTICK = "yardstick"
 GATEWAY = "gateway"
 GATEWAY_NO_LIMITER = "gateway-nolimit"
+FLOOR = "floor"
 GATEWAY_AIO = "gateway-aio"
 GATEWAY_STEP = "gateway-step"
 HTTP = "http"
@@ -36,6 +37,8 @@ PATHS: dict[str, tuple[str, str | None]] = {
     # bench/gateway.toml on the default engine (native, the Rust data plane): the product's gateway.
     GATEWAY: ("gateway", GATEWAY),
     GATEWAY_NO_LIMITER: ("gateway, no rate limit rules", GATEWAY_NO_LIMITER),
+    # The native data plane with a decider that admits every call, no chain, no observer (bench/floor.py).
+    FLOOR: ("native data plane, a decider that admits all", FLOOR),
     # The same config as GATEWAY on the fallback engine (--engine aio): what grpc.aio costs.
     GATEWAY_AIO: ("gateway, aio engine", GATEWAY_AIO),
     # The anchors (bench/anchors.py): key check, a limiter that never trips, no access log, one worker.
@@ -140,6 +143,11 @@ def proxy_cpu_ratio(numerator: Run, denominator: Run) -> float:
     return numerator.cpu_us_per_call(over) / denominator.cpu_us_per_call(under)
 
 
+def python_cost(gateway: Run, floor: Run) -> float:
+    """CPU per call the gateway spends over the floor: its chain, observers and the call's facts."""
+    return gateway.cpu_us_per_call(GATEWAY) - floor.cpu_us_per_call(FLOOR)
+
+
 def p99_ratio(numerator: Run, denominator: Run) -> float:
     return numerator.p99_us / denominator.p99_us
 
@@ -162,6 +170,16 @@ def anchor_comparisons(runs: Sequence[Run], messages_per_stream: int | None = No
             "unary: gateway (aio engine) CPU/call ÷ Envoy CPU/call",
             per_round(runs, UNARY, (GATEWAY_AIO, ENVOY), proxy_cpu_ratio),
             "x",
+        ),
+        Comparison(
+            "unary: data plane floor CPU/call ÷ Envoy CPU/call",
+            per_round(runs, UNARY, (FLOOR, ENVOY), proxy_cpu_ratio),
+            "x",
+        ),
+        Comparison(
+            "unary: the gateway's Python per call (gateway minus floor)",
+            per_round(runs, UNARY, (GATEWAY, FLOOR), python_cost),
+            "µs",
         ),
         Comparison(
             "unary: Envoy CPU/call ÷ nginx CPU/call",

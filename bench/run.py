@@ -3,7 +3,8 @@
 Starts the user service, the yardstick, Envoy and nginx (bench/anchors.py; nginx when installed), a
 redis-server, five gateways on the default engine, native, but for one (rate limiter on; no rules;
 rate limiter and one user step; rate limiter on again but on the aio engine; its budgets in Redis; the
-last four in the unary scenario only), and for the HTTP scenario a hand-written FastAPI endpoint and
+last four in the unary scenario only), the native data plane's floor (bench/floor.py: a decider that
+admits every call, unary scenario only), and for the HTTP scenario a hand-written FastAPI endpoint and
 the notebook's gateway; checks each path with real gRPC calls,
 then drives them with h2load, interleaved over several rounds, and prints medians across rounds:
 req/s, p50 and p99, CPU per call of each server, and the ratios the performance targets are stated
@@ -38,6 +39,7 @@ from bench.report import (
     DIRECT,
     ENVOY,
     FASTAPI,
+    FLOOR,
     GATEWAY,
     GATEWAY_AIO,
     GATEWAY_GRPC_WEB,
@@ -63,6 +65,7 @@ from bench.servers import (
     Server,
     ServerError,
     check_references,
+    floor,
     gateway,
     http_endpoint,
     notebook_gateway,
@@ -253,13 +256,21 @@ def _scenarios(
     # The notebook's gateway is 6-8 times slower than the rest: its req/s needs no more calls.
     http_fewer = Load(4, 1, max(1, settings.http_requests // 3))
     warm = settings.warmup_requests
-    unary_fewer_paths = (DIRECT, GATEWAY_AIO, YARDSTICK, GATEWAY_NO_LIMITER, GATEWAY_STEP, GATEWAY_REDIS)
+    unary_fewer_paths = (
+        DIRECT,
+        GATEWAY_AIO,
+        YARDSTICK,
+        GATEWAY_NO_LIMITER,
+        FLOOR,
+        GATEWAY_STEP,
+        GATEWAY_REDIS,
+    )
     return [
         Scenario(
             report.Scenario(
                 UNARY,
                 f"Unary GetUser: h2load {unary}; -n{unary_fewer.requests} for the direct call, the aio "
-                "engine, the yardstick, no rules, one user step and Redis",
+                "engine, the yardstick, no rules, the floor, one user step and Redis",
                 # The aio engine here only: what the fallback costs, without lengthening the bench much.
                 paths(
                     DIRECT,
@@ -269,6 +280,7 @@ def _scenarios(
                     GATEWAY_AIO,
                     YARDSTICK,
                     GATEWAY_NO_LIMITER,
+                    FLOOR,
                     GATEWAY_STEP,
                     GATEWAY_REDIS,
                 ),
@@ -452,7 +464,8 @@ def _run(settings: Settings, output: Path, argv: list[str]) -> int:
         _progress(
             f"bench: starting the user service ({len(everyone)} users), the yardstick, Envoy, "
             + ("" if nginx_binary is None else "nginx, ")
-            + "redis-server, five gateways, a FastAPI endpoint and the notebook's gateway; "
+            + "redis-server, five gateways, the data plane's floor, a FastAPI endpoint and the notebook's "
+            "gateway; "
             f"GRPC_EXPERIMENTS={settings.grpc_experiments or '(unset)'}; "
             + (
                 f"h2load and the service on CPU {placement.load}, forwarders on CPU {placement.proxy}"
@@ -488,6 +501,7 @@ def _run(settings: Settings, output: Path, argv: list[str]) -> int:
         start(
             gateway(GATEWAY_NO_LIMITER, GATEWAY_NO_LIMITER_CONFIG, _free_port(), placement.proxy, env, folder)
         )
+        start(floor(upstream, _free_port(), placement.proxy, env, folder))
         start(gateway(GATEWAY_STEP, GATEWAY_STEP_CONFIG, _free_port(), placement.proxy, env, folder))
         start(
             gateway(
@@ -507,6 +521,7 @@ def _run(settings: Settings, output: Path, argv: list[str]) -> int:
         verify.check_list_users(service, API_KEY, everyone)
         verify.check_auth_required(servers[YARDSTICK].address)
         verify.check_get_user(servers[YARDSTICK].address, API_KEY, rate_limited=None)
+        verify.check_get_user(servers[FLOOR].address, API_KEY, rate_limited=False)
         for name, limited in (
             (GATEWAY, True),
             (GATEWAY_NO_LIMITER, False),

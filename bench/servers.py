@@ -261,6 +261,11 @@ def yardstick(upstream: str, port: int, cpu: int | None, env: Mapping[str, str],
     return start_server("yardstick", args, f"127.0.0.1:{port}", cpu, env, log_dir)
 
 
+def floor(upstream: str, port: int, cpu: int | None, env: Mapping[str, str], log_dir: Path) -> Server:
+    args = ["-m", "bench.floor", "--upstream", upstream, "--port", str(port)]
+    return start_server("floor", args, f"127.0.0.1:{port}", cpu, env, log_dir)
+
+
 def gateway(
     name: str,
     config: Path,

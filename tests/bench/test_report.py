@@ -8,6 +8,7 @@ from bench.measure import H2LOAD_CPU, OTHER_CPU, Run
 from bench.report import (
     DIRECT,
     ENVOY,
+    FLOOR,
     GATEWAY,
     GATEWAY_AIO,
     GATEWAY_NO_LIMITER,
@@ -219,6 +220,28 @@ def test_aio_is_shown_beside_the_anchors_without_a_target() -> None:
     assert yardstick.value is not None
     assert yardstick.value.median == pytest.approx(0.24)
     assert (yardstick.target, yardstick.meets) == ("≤ 0.80", True)
+
+
+def test_the_floor_splits_the_gateways_cost_in_each_round() -> None:
+    # The floor's CPU per call in each round: the gateway's is 100, 180 and 120, Envoy's 200, 150, 240.
+    floors = (60, 90, 70)
+    runs = [
+        *anchor_rounds(),
+        *(run(n, UNARY, FLOOR, 3100, {FLOOR: us, SERVICE: 250}) for n, us in enumerate(floors, start=1)),
+    ]
+    found = {item.name: item for item in comparisons(runs)}
+    python = found["unary: the gateway's Python per call (gateway minus floor)"]
+    assert python.value is not None
+    # 100-60, 180-90, 120-70
+    assert (python.value.median, python.value.low, python.value.high) == pytest.approx((50, 40, 90))
+    assert (python.unit, python.target, python.meets) == ("µs", "", None)
+    floor = found["unary: data plane floor CPU/call ÷ Envoy CPU/call"]
+    assert floor.value is not None
+    # 60/200, 90/150, 70/240
+    assert floor.value.median == pytest.approx(0.3)
+    # A run without the floor shows neither.
+    without = {item.name: item for item in comparisons(anchor_rounds())}
+    assert without["unary: the gateway's Python per call (gateway minus floor)"].value is None
 
 
 def test_each_comparison_is_named_once_and_for_engines_that_exist() -> None:
