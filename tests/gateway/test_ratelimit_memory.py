@@ -56,3 +56,30 @@ async def test_moving_window_frees_one_slot_at_a_time() -> None:
     await asyncio.sleep(0.5)  # the first hit has left the window, the second has not
     assert await limiter.hit(item, "r", "u")
     assert not await limiter.hit(item, "r", "u")
+
+
+async def test_one_step_of_the_moving_window_is_limits_hit_then_its_stats() -> None:
+    """``spend_in_window`` answers what ``limits``' moving-window strategy answers, hit by hit, on
+    twin storages fed the same calls (interleaved users, a refusal, a slot freed by time)."""
+    ours, theirs = BoundedMemoryStorage(), BoundedMemoryStorage()
+    strategy = MovingWindowRateLimiter(theirs)
+    item = limits.parse("3/second")
+    expiry = item.get_expiry()
+
+    async def both(user: str) -> tuple[tuple[bool, int], tuple[bool, int]]:
+        key = item.key_for("rule", user)
+        allowed, remaining, reset_time = ours.spend_in_window(key, item.amount, expiry)
+        expected = await strategy.hit(item, "rule", user)
+        stats = await strategy.get_window_stats(item, "rule", user)
+        assert reset_time == pytest.approx(stats.reset_time, abs=0.05)
+        return (allowed, remaining), (expected, stats.remaining)
+
+    seen = []
+    for user in ["a", "a", "b", "a", "a", "b"]:
+        mine, limits_own = await both(user)
+        assert mine == limits_own
+        seen.append(mine)
+    assert seen == [(True, 2), (True, 1), (True, 2), (True, 0), (False, 0), (True, 1)]
+    await asyncio.sleep(1.05)  # every hit has left the window
+    assert await both("a") == ((True, 2), (True, 2))
+    assert ours.windows.keys() == theirs.windows.keys()

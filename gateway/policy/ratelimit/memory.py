@@ -141,6 +141,25 @@ class BoundedMemoryStorage(MemoryStorage):
         self._index(key, expiry, now + expiry)
         return True
 
+    def spend_in_window(self, key: str, limit: int, expiry: int) -> tuple[bool, int, float]:
+        """One hit of a moving window, and the window after it: (allowed, remaining, reset time).
+
+        What ``limits``' moving-window strategy makes of ``acquire_entry`` then ``get_moving_window``,
+        in one step on one reading of the clock: the strategy asks twice, each time making the key
+        anew and passing through the storage's error wrappers, and this is every call's path.
+        """
+        now = time.time()
+        window = self._live_window(key, expiry, now)
+        allowed = len(window) < limit
+        if allowed:
+            if not window:
+                self.windows[key] = window
+            window.append(now)
+            self._index(key, expiry, now + expiry)
+        if not window:
+            return allowed, limit, now + expiry
+        return allowed, limit - len(window), window[0] + expiry
+
     async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         now = time.time()
         window = self._live_window(key, expiry, now)

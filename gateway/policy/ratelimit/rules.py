@@ -2,7 +2,8 @@
 
 This module knows rules, budgets and verdicts; it knows nothing of gRPC. The strategy is chosen
 by name and the storage by URI, so memory or Redis, moving or fixed window, is configuration. In
-memory, the ``limits`` library's strategies count; in Redis, one script (``script.py``) does.
+memory, the ``limits`` library's strategies count (the moving window, the default, in one step of
+the storage's own: ``BoundedMemoryStorage.spend_in_window``); in Redis, one script (``script.py``) does.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import limits
 from google.protobuf.descriptor import FieldDescriptor
@@ -57,6 +58,7 @@ class CompiledRule:
     strategy: str
     # Counts in this process: on memory storage, or a shared store's local share while it is down.
     limiter: RateLimiter
+    memory: BoundedMemoryStorage  # the limiter's storage
     # Clients with a rate of their own (a premium key, say).
     overrides: dict[str, limits.RateLimitItem] = field(default_factory=dict)
     # on_storage_error = "local": how many replicas split the rate while the shared store is down.
@@ -261,10 +263,15 @@ async def _spend(
     for method_rule, subject in rules:
         rule = method_rule.rule
         item = rule.local_item_for(client) if local else rule.item_for(client)
-        allowed = await rule.limiter.hit(item, rule.name, subject.identifier)
-        stats = await rule.limiter.get_window_stats(item, rule.name, subject.identifier)
-        reset_after = max(0.0, stats.reset_time - time.time())
-        verdicts.append(Verdict(rule, item, subject.label, allowed, stats.remaining, reset_after))
+        if rule.strategy == "moving-window":  # the default: one step on the storage, not two
+            key = item.key_for(rule.name, subject.identifier)
+            allowed, remaining, reset_time = rule.memory.spend_in_window(key, item.amount, item.get_expiry())
+        else:
+            allowed = await rule.limiter.hit(item, rule.name, subject.identifier)
+            stats = await rule.limiter.get_window_stats(item, rule.name, subject.identifier)
+            remaining, reset_time = stats.remaining, stats.reset_time
+        reset_after = max(0.0, reset_time - time.time())
+        verdicts.append(Verdict(rule, item, subject.label, allowed, remaining, reset_after))
         if not allowed:
             break
     return verdicts
@@ -298,7 +305,9 @@ async def _spend_remote(
     return verdicts
 
 
-def _compile(rule: Rule, index: int, storage: Any, clients: set[str] | None, share: int) -> CompiledRule:
+def _compile(
+    rule: Rule, index: int, storage: BoundedMemoryStorage, clients: set[str] | None, share: int
+) -> CompiledRule:
     overrides = {}
     for client, rate in rule.overrides.items():
         if clients is not None and client not in clients:
@@ -308,9 +317,8 @@ def _compile(rule: Rule, index: int, storage: Any, clients: set[str] | None, sha
             )
         overrides[client] = _split(limits.parse(rate), share, f"rate_limit.rules[{index}].overrides.{client}")
     item = _split(limits.parse(rule.rate), share, f"rate_limit.rules[{index}].rate")
-    return CompiledRule(
-        rule.name, rule.key, item, rule.strategy, STRATEGIES[rule.strategy](storage), overrides, share
-    )
+    limiter = STRATEGIES[rule.strategy](storage)
+    return CompiledRule(rule.name, rule.key, item, rule.strategy, limiter, storage, overrides, share)
 
 
 def _split(item: limits.RateLimitItem, share: int, field: str) -> limits.RateLimitItem:
