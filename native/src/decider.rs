@@ -155,9 +155,12 @@ impl Queue {
     /// bytes are read first, then it is re-armed, then the queue is taken: an event pushed before the
     /// re-arming is taken here, one pushed after it rings again (never a byte read with the bell
     /// still armed, which would lose the next wake-up).
+    ///
+    /// One read takes them all: an armed bell holds one byte, or two when a ring's write lands after
+    /// the take that re-armed it, and a byte left over only wakes the consumer to an empty batch.
     pub fn take(&self) -> Option<Vec<Event>> {
         let mut heard = [0u8; 64];
-        while matches!((&self.ear).read(&mut heard), Ok(n) if n > 0) {}
+        let _ = (&self.ear).read(&mut heard);
         self.rung.store(false, Ordering::SeqCst);
         let mut events = Vec::new();
         while events.len() < BATCH {
