@@ -107,6 +107,11 @@ class Gateway:
             http = _with_port(config.http.listen, self._http.port)
         return _with_port(config.listen, self._engine.port), http
 
+    def settle(self) -> None:
+        """Any thread: return once the calls that ended before it have reached the observers (a
+        metrics scrape counts them), waiting a moment at most."""
+        self._engine.settle()
+
     def _health_monitor(self, plan: Plan) -> tuple[HealthMonitor, Upstreams]:
         config = plan.config
         upstreams = plan.open_upstreams()
@@ -265,6 +270,7 @@ async def serve(plan: Plan, reload: Reloader, reuse_port: bool = False) -> int:
     metrics_server = plan.observability.metrics_server
     if metrics_server is not None:
         metrics_server.probes = gateway.readiness.probe
+        metrics_server.settle = gateway.settle
         metrics_server.start()
     config = plan.config
     starting = asyncio.ensure_future(gateway.start())

@@ -47,7 +47,9 @@ class CallObserver(Protocol):
         """The metadata to send upstream with ``call``: the lifecycle asks for it as the call is forwarded."""
         ...
 
-    def ended(self, call: Call, code: grpc.StatusCode, started: float) -> None: ...
+    def ended(self, call: Call, code: grpc.StatusCode, started: float, ago: float = 0.0) -> None:
+        """The call ended with ``code``, ``ago`` seconds ago."""
+        ...
 
 
 @dataclass(frozen=True)

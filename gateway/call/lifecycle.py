@@ -99,11 +99,12 @@ def upstream(chain: MethodChain, facts: Call, remaining: float | None, default: 
     return upstream_metadata(chain, facts), upstream_timeout(remaining, default)
 
 
-def end(chain: MethodChain, facts: Call, code: grpc.StatusCode) -> None:
+def end(chain: MethodChain, facts: Call, code: grpc.StatusCode, ago: float = 0.0) -> None:
     """The call that :func:`begin` began has ended with ``code``, the status the caller was sent (or
-    CANCELLED): its observer reports it (metrics, access log, trace).
+    CANCELLED), ``ago`` seconds ago: its observer reports it (metrics, access log, trace).
 
     Call it exactly once per call begun, however the call ended (refused, forwarded, failed, the
-    caller gone): a door calls it from a ``finally``, or from its data plane's report of the end.
+    caller gone): a door calls it from a ``finally``, or from its data plane's report of the end,
+    which may come a while after it (``ago``).
     """
-    chain.observer.ended(facts, code, facts.started)
+    chain.observer.ended(facts, code, facts.started, ago)

@@ -44,8 +44,8 @@ class _Clock:
         self._second = -1
         self._prefix = ""
 
-    def now(self) -> str:
-        now = time.time()
+    def at(self, now: float) -> str:
+        """``now``, seconds since the epoch."""
         second = int(now)
         if second != self._second:
             self._second = second
@@ -59,8 +59,10 @@ class AccessLog:
     Lines are gathered and written together on the engine's tick (every 0.25 s), when
     MAX_PENDING_LINES are waiting, and at close (Envoy flushes its access logs every second,
     nginx has ``buffer=`` and ``flush=``): a write(2) per call would cost more than the line,
-    because it hands the GIL to grpc's threads. Each write holds whole lines and at most
-    PIPE_BUF bytes, so that the lines of several workers writing one file or pipe never mix.
+    because it hands the GIL to grpc's threads. They are written in the order their calls ended:
+    the native engine reports some ends a while after them (gateway/engines/native/decider.py).
+    Each write holds whole lines and at most PIPE_BUF bytes, so that the lines of several workers
+    writing one file or pipe never mix.
 
     Build it after logging is configured: the level check against ``--log-level`` is made once.
 
@@ -76,7 +78,7 @@ class AccessLog:
         self._stream: TextIO | None = None  # stderr or stdout, flushed before each of our writes
         self._fd = -1
         self._owns_fd = False
-        self._pending: list[str] = []
+        self._pending: list[tuple[float, str]] = []  # (when the call ended, its line)
         self._failed = False
         self._clock = _Clock()
         if not self.enabled:
@@ -105,15 +107,21 @@ class AccessLog:
         seconds: float,
         rate_limit: str | None,
         trace: tuple[int, int] | None = None,
+        ago: float = 0.0,
     ) -> None:
-        """Add one line. ``method_part`` is made once per method by :func:`method_part`; ``trace``:
-        the trace and span ids of the call's exported server span, None when it has none."""
+        """Add one line, of a call that ended ``ago`` seconds ago. ``method_part`` is made once per
+        method by :func:`method_part`; ``trace``: the trace and span ids of the call's exported server
+        span, None when it has none."""
         ids = "" if trace is None else f',"trace_id":"{trace[0]:032x}","span_id":"{trace[1]:016x}"'
+        ended = time.time() - ago
         self._pending.append(
-            f"{self._head}{self._clock.now()}{self._level}{_quote(request_id)}{ids},"
-            f'"peer":{_quote(peer)},"client":{quote(client)},{method_part},'
-            f'"code":"{code}","duration_ms":{seconds * 1000:.3f},'
-            f'"rate_limit":{quote(rate_limit)}}}\n'
+            (
+                ended,
+                f"{self._head}{self._clock.at(ended)}{self._level}{_quote(request_id)}{ids},"
+                f'"peer":{_quote(peer)},"client":{quote(client)},{method_part},'
+                f'"code":"{code}","duration_ms":{seconds * 1000:.3f},'
+                f'"rate_limit":{quote(rate_limit)}}}\n',
+            )
         )
         if len(self._pending) >= MAX_PENDING_LINES:
             self.flush()
@@ -122,7 +130,9 @@ class AccessLog:
         """Write every pending line now (the engine's tick calls it, every TICK_SECONDS)."""
         if not self._pending:
             return
-        lines, self._pending = self._pending, []
+        pending, self._pending = self._pending, []
+        pending.sort(key=_ended)
+        lines = [line for _, line in pending]
         try:
             if self._stream is not None:
                 self._stream.flush()  # what logging wrote to the same stream goes first
@@ -140,6 +150,10 @@ class AccessLog:
         if self._owns_fd:
             os.close(self._fd)
             self._owns_fd = False
+
+
+def _ended(pending: tuple[float, str]) -> float:
+    return pending[0]
 
 
 def _chunks(lines: list[str]) -> list[bytes]:

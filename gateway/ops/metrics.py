@@ -295,19 +295,22 @@ class MetricsServer:
     """``GET /metrics`` over plain HTTP, on a thread of its own (prometheus_client's WSGI app, on a
     thread per request); ``GET /healthz`` and ``/readyz`` from ``probes``, set before ``start()``.
 
-    A scrape renders the text on that thread; calls never wait for it.
+    A scrape renders the text on that thread; calls never wait for it. ``settle``, when set before
+    ``start()``, runs first: the engine's calls that ended before the scrape are then counted in it.
     """
 
     def __init__(self, metrics: GatewayMetrics, address: str) -> None:
         self._metrics = metrics
         self.address = address
         self.probes: Probes | None = None
+        self.settle: Callable[[], None] | None = None
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     def _app(self) -> Callable[[dict[str, Any], Any], Iterable[bytes]]:
         metrics = make_wsgi_app(self._metrics.registry)
         probes = self.probes
+        settle = self.settle
 
         def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")
@@ -322,6 +325,8 @@ class MetricsServer:
                     ],
                 )
                 return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body]
+            if settle is not None:
+                settle()
             result: Iterable[bytes] = metrics(environ, start_response)
             return result
 

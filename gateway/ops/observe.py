@@ -75,13 +75,13 @@ class MethodObserver:
             return self._spans.forwarding(call, forwarded(call))
         return forwarded(call)
 
-    def ended(self, call: Call, code: grpc.StatusCode, started: float) -> None:
-        """The call that ``start()`` returned ``started`` for ended with ``code``."""
-        now = time.perf_counter()
+    def ended(self, call: Call, code: grpc.StatusCode, started: float, ago: float = 0.0) -> None:
+        """The call that ``start()`` returned ``started`` for ended with ``code``, ``ago`` seconds ago."""
+        now = time.perf_counter() - ago
         seconds = now - started
         traced = None
         if self._spans is not None:
-            traced = self._spans.ended(call, code, started, self._refused_by(call, code))
+            traced = self._spans.ended(call, code, started, self._refused_by(call, code), ago)
         metrics = self._gateway_metrics
         if metrics is not None:
             if call.auth_failure is not None:
@@ -104,7 +104,7 @@ class MethodObserver:
             # else: refused before the limiter saw it (null)
         method = self._method_part if self._method_part is not None else method_part(call.method, None)
         self._log.write(
-            call.request_id, call.peer(), call.client, method, code.name, seconds, outcome, traced
+            call.request_id, call.peer(), call.client, method, code.name, seconds, outcome, traced, ago
         )
 
     def _refused_by(self, call: Call, code: grpc.StatusCode) -> str | None:

@@ -641,17 +641,18 @@ class MethodSpans:
         return (*kept, *carrier.items())
 
     def ended(
-        self, call: Call, code: grpc.StatusCode, started: float, reason: str | None
+        self, call: Call, code: grpc.StatusCode, started: float, reason: str | None, ago: float = 0.0
     ) -> tuple[int, int] | None:
         """The call's spans, finished, to the exporter (when sampled); the server span's trace and
-        span ids, None when it is not sampled. ``reason``: why the gateway refused it, if it did."""
+        span ids, None when it is not sampled. ``reason``: why the gateway refused it, if it did;
+        ``ago``: seconds since it ended."""
         tracer = self._tracer
         forwarded = call.trace if isinstance(call.trace, _Forwarded) else None
         http: HttpRequest | None = forwarded.http if forwarded is not None else call.trace
         place = tracer.place(call, self._name) if forwarded is None else forwarded.place
         if not place.sampled:
             return None
-        ended = time.time_ns()
+        ended = time.time_ns() - round(ago * 1e9)
         status_name = code.name
         attributes = {
             **self._server,

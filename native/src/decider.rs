@@ -5,8 +5,8 @@ use std::cell::Cell;
 use std::io::{Read, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -20,8 +20,14 @@ use crate::status::Status;
 /// Most events one `next_batch` returns.
 pub const BATCH: usize = 256;
 
-/// Events an I/O thread queues before it rings, should it not go idle first.
+/// Arrivals an I/O thread queues before it rings, should it not go idle first.
 const RING_AFTER: usize = 64;
+
+/// Endings an I/O thread queues before it rings for them alone.
+const QUIET_AFTER: usize = BATCH;
+
+/// How often [`Queue::settle`] looks whether the consumer has taken what it waits for.
+const SETTLE_POLL: Duration = Duration::from_millis(1);
 
 thread_local! {
     /// Whether this thread is an I/O thread that says when it goes idle ([`Queue::idle`]).
@@ -62,6 +68,8 @@ pub struct EndingEvent {
     pub code: u32,
     pub received: u64,
     pub sent: u64,
+    /// When it ended: it may reach Python a while later.
+    pub at: Instant,
 }
 
 pub enum Event {
@@ -75,10 +83,13 @@ pub enum Event {
 /// written to it when the queue turns from drained to not, so that an event loop (asyncio's
 /// `add_reader`) wakes only when there is work, and takes it without blocking ([`Queue::take`]).
 ///
-/// An I/O thread rings for what it queued only as it goes idle (or once [`RING_AFTER`] events
+/// An I/O thread rings for the arrivals it queued only as it goes idle (or once [`RING_AFTER`]
 /// wait): the consumer then wakes once for every call the thread's turn produced, instead of once
 /// per call, each wake-up a switch between threads (on a shared CPU, one that preempts the I/O
-/// thread mid-turn). Any other thread rings at once.
+/// thread mid-turn). Its endings do not ring: they wait for the next ring, a [`Queue::settle`] or
+/// the consumer's own beat (once [`QUIET_AFTER`] wait, they ring): under load a call's ending and the
+/// next call's arrival then wake the consumer once, not twice, and an ending carries the time it
+/// happened. Any other thread rings at once.
 pub struct Queue {
     tx: Sender<Event>,
     rx: Receiver<Event>,
@@ -87,6 +98,9 @@ pub struct Queue {
     ear: UnixStream,
     rung: AtomicBool,
     unrung: AtomicUsize,
+    quiet: AtomicUsize,
+    pushed: AtomicU64,
+    taken: AtomicU64,
 }
 
 impl Default for Queue {
@@ -103,21 +117,26 @@ impl Default for Queue {
             ear,
             rung: AtomicBool::new(false),
             unrung: AtomicUsize::new(0),
+            quiet: AtomicUsize::new(0),
+            pushed: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
         }
     }
 }
 
 impl Queue {
     pub fn push(&self, event: Event) {
+        let (waiting, after) = match event {
+            Event::Arrival(_) => (&self.unrung, RING_AFTER),
+            Event::Ending(_) => (&self.quiet, QUIET_AFTER),
+        };
         // The queue owns its receiver, so a send cannot fail.
         let _ = self.tx.send(event);
-        if RINGS_WHEN_IDLE.with(Cell::get)
-            && self.unrung.fetch_add(1, Ordering::SeqCst) + 1 < RING_AFTER
-        {
+        self.pushed.fetch_add(1, Ordering::SeqCst);
+        if RINGS_WHEN_IDLE.with(Cell::get) && waiting.fetch_add(1, Ordering::SeqCst) + 1 < after {
             return;
         }
-        self.unrung.store(0, Ordering::SeqCst);
-        self.ring();
+        self.ring_for_all();
     }
 
     /// This thread is an I/O thread: from now on its events ring when it calls [`Queue::idle`].
@@ -127,9 +146,16 @@ impl Queue {
 
     /// The calling I/O thread goes idle: ring for what it queued.
     pub fn idle(&self) {
-        if self.unrung.swap(0, Ordering::SeqCst) > 0 {
-            self.ring();
+        if self.unrung.load(Ordering::SeqCst) > 0 {
+            self.ring_for_all();
         }
+    }
+
+    /// Ring for everything queued, endings too.
+    fn ring_for_all(&self) {
+        self.unrung.store(0, Ordering::SeqCst);
+        self.quiet.store(0, Ordering::SeqCst);
+        self.ring();
     }
 
     /// One byte on the bell, unless one is already waiting to be heard. A full socket buffer means
@@ -169,6 +195,7 @@ impl Queue {
                 Err(_) => break,
             }
         }
+        self.taken.fetch_add(events.len() as u64, Ordering::SeqCst);
         let closed = self.is_closed();
         if events.is_empty() && closed {
             return None;
@@ -179,6 +206,24 @@ impl Queue {
             self.ring();
         }
         Some(events)
+    }
+
+    /// Rings, and waits up to `within` until the consumer has taken every event pushed before the
+    /// call (endings that wait for a ring among them); whether it did.
+    pub fn settle(&self, within: Duration) -> bool {
+        let pushed = self.pushed.load(Ordering::SeqCst);
+        if self.taken.load(Ordering::SeqCst) >= pushed {
+            return true;
+        }
+        self.ring();
+        let deadline = Instant::now() + within;
+        while self.taken.load(Ordering::SeqCst) < pushed {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(SETTLE_POLL);
+        }
+        true
     }
 
     pub fn is_closed(&self) -> bool {
@@ -205,6 +250,7 @@ impl Queue {
                 Err(_) => break,
             }
         }
+        self.taken.fetch_add(events.len() as u64, Ordering::SeqCst);
         Some(events)
     }
 }
@@ -220,6 +266,7 @@ mod tests {
             code,
             received: 1,
             sent: 1,
+            at: Instant::now(),
         })
     }
 
@@ -242,8 +289,9 @@ mod tests {
     #[test]
     fn once_closed_the_bell_rings_until_the_queue_is_empty() {
         let queue = Queue::default();
-        Queue::rings_when_idle(); // as an I/O thread: its pushes ring when it goes idle
-        queue.push(ending(0));
+        Queue::rings_when_idle(); // as an I/O thread: its arrivals ring when it goes idle
+        let (event, _verdict) = arrival();
+        queue.push(event);
         let mut heard = [0u8; 8];
         assert!((&queue.ear).read(&mut heard).is_err()); // not rung yet
         queue.idle();
@@ -253,6 +301,51 @@ mod tests {
         assert_eq!(queue.take().unwrap().len(), 2);
         assert_eq!((&queue.ear).read(&mut heard).unwrap(), 1); // come back: it is closed
         assert!(queue.take().is_none());
+    }
+
+    fn arrival() -> (Event, oneshot::Receiver<Verdict>) {
+        let (reply, verdict) = oneshot::channel();
+        let event = Event::Arrival(ArrivalEvent {
+            method: "/a.B/C".into(),
+            metadata: Vec::new(),
+            peer: "ipv4:127.0.0.1:1".into(),
+            first: None,
+            timeout: None,
+            reply,
+        });
+        (event, verdict)
+    }
+
+    #[test]
+    fn an_io_threads_endings_wait_for_an_arrival_or_a_settle() {
+        let queue = std::sync::Arc::new(Queue::default());
+        Queue::rings_when_idle();
+        let mut heard = [0u8; 8];
+        queue.push(ending(0));
+        queue.idle();
+        assert!((&queue.ear).read(&mut heard).is_err()); // an ending alone does not ring
+        let (event, _verdict) = arrival();
+        queue.push(event);
+        queue.idle();
+        assert_eq!((&queue.ear).read(&mut heard).unwrap(), 1); // the arrival rings, for both
+        assert_eq!(queue.take().unwrap().len(), 2);
+
+        queue.push(ending(1));
+        // Nobody takes it: settling gives up when its time is out.
+        assert!(!queue.settle(Duration::from_millis(20)));
+        let consumer = {
+            let queue = queue.clone();
+            std::thread::spawn(move || loop {
+                let events = queue.take().unwrap();
+                if !events.is_empty() {
+                    return events.len();
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            })
+        };
+        assert!(queue.settle(Duration::from_secs(5)));
+        assert_eq!(consumer.join().unwrap(), 1);
+        assert!(queue.settle(Duration::ZERO)); // nothing waits
     }
 
     #[test]

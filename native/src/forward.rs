@@ -175,6 +175,7 @@ impl Drop for CallGuard {
             code: self.code.unwrap_or(status::CANCELLED),
             received: self.received.load(Ordering::SeqCst),
             sent: self.sent,
+            at: std::time::Instant::now(),
         }));
         self.shared.active.fetch_sub(1, Ordering::SeqCst);
         self.conn.closed();

@@ -247,6 +247,14 @@ impl PyServer {
         }
     }
 
+    /// Waits, with the GIL released, up to `within` seconds until every event queued before the call
+    /// has been taken (by `take_batch` or `next_batch`); whether it was. Any thread may call it.
+    fn settle(&self, py: Python<'_>, within: f64) -> PyResult<bool> {
+        let within = seconds(within.max(0.0), "within")?;
+        let queue = &self.inner.shared().queue;
+        Ok(py.detach(|| queue.settle(within)))
+    }
+
     /// New calls are refused at once (UNAVAILABLE) from now on.
     fn drain(&self) {
         self.inner.drain();
@@ -359,6 +367,9 @@ struct Ending {
     received: u64,
     #[pyo3(get)]
     sent: u64,
+    /// Seconds since the call ended, when the event was taken.
+    #[pyo3(get)]
+    ago: f64,
 }
 
 #[pymethods]
@@ -407,6 +418,7 @@ fn event_to_py(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
             code,
             received,
             sent,
+            at,
         }) => {
             let ending = Ending {
                 token,
@@ -414,6 +426,7 @@ fn event_to_py(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
                 code,
                 received,
                 sent,
+                ago: at.elapsed().as_secs_f64(),
             };
             Ok(Py::new(py, ending)?.into_any())
         }

@@ -51,7 +51,7 @@ class Observer:
     def forwarding(self, call: Call) -> Metadata:
         return ()
 
-    def ended(self, call: Call, code: grpc.StatusCode, started: float) -> None:
+    def ended(self, call: Call, code: grpc.StatusCode, started: float, ago: float = 0.0) -> None:
         pass
 
 

@@ -55,10 +55,10 @@ class Recorder:
         metadata: Metadata = self.inner.forwarding(call) if self.inner is not None else (("x-up", "1"),)
         return metadata
 
-    def ended(self, call: Call, code: grpc.StatusCode, started: float) -> None:
+    def ended(self, call: Call, code: grpc.StatusCode, started: float, ago: float = 0.0) -> None:
         self.events.append(("ended", (call, code, started)))
         if self.inner is not None:
-            self.inner.ended(call, code, started)
+            self.inner.ended(call, code, started, ago)
 
     def named(self, name: str) -> list[Any]:
         return [value for event, value in self.events if event == name]

@@ -6,8 +6,10 @@ import asyncio
 import logging
 import re
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +179,24 @@ async def test_access_log_line_per_call(setup: Setup) -> None:
     assert "wrong-key" not in gateway.log()
 
 
+async def test_a_lines_time_and_duration_are_the_calls_own(setup: Setup) -> None:
+    """The native engine observes a call's end with the next arrivals or on its tick, a while after
+    it: its line still says when it ended and how long it took, within what its caller saw."""
+    gateway = setup.gateway
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        await get_user(channel, 21)  # the channel is connected: the next call is the call alone
+        sent = time.time()
+        code, _, _ = await get_user(channel, 22, metadata=(*KEY, ("x-request-id", "req-alone")))
+        answered = time.time()
+    assert code == grpc.StatusCode.OK
+    await wait_for(lambda: len(_lines(gateway, "req-alone")) == 1, what="the line of req-alone")
+    (line,) = _lines(gateway, "req-alone")
+    ended = datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+    # The line's time is cut to the millisecond: it may read up to 1 ms before the call was sent.
+    assert sent - 0.001 <= ended <= answered
+    assert 0 < line["duration_ms"] <= (answered - sent) * 1000
+
+
 async def test_the_start_line_says_what_serves(setup: Setup) -> None:
     [started] = [entry for entry in log_entries(setup.gateway.process) if entry["message"] == "listening"]
     assert started["address"] == setup.gateway.address
@@ -326,3 +346,24 @@ def test_access_log_trace_ids_are_lower_case_hex_of_fixed_width(tmp_path: Path) 
     assert (traced["trace_id"], traced["span_id"]) == ("0" * 29 + "abc", "0" * 15 + "5")
     assert "trace_id" not in untraced
     assert "span_id" not in untraced
+
+
+def test_access_log_lines_come_in_the_order_their_calls_ended(tmp_path: Path) -> None:
+    """An end reported late (the native engine's, taken with the next arrivals) is written in its
+    place, with its own time."""
+    path = tmp_path / "access.log"
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
+    try:
+        log = AccessLog(AccessLogConfig(destination=str(path)))
+    finally:
+        logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET)
+    method = method_part("/a.B/C", None)
+    log.write("ended now", "ipv4:127.0.0.1:5", None, method, "OK", 0.001, None)
+    log.write("ended 2 s ago", "ipv4:127.0.0.1:6", None, method, "OK", 0.001, None, ago=2.0)
+    log.close()
+    early, late = access_lines(path.read_text())
+    assert (early["request_id"], late["request_id"]) == ("ended 2 s ago", "ended now")
+    seconds = [
+        datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp() for line in (early, late)
+    ]
+    assert seconds[1] - seconds[0] == pytest.approx(2.0, abs=0.1)

@@ -54,6 +54,9 @@ class AioEngine:
         """On the event loop, where this engine's decisions run too."""
         self.plan.tick()
 
+    def settle(self) -> None:
+        """Nothing waits: each call reaches the observers as it ends, on the event loop."""
+
     async def stop(self, grace: float) -> None:
         await self._server.stop(grace)
         if self._ticking is not None:

@@ -3,11 +3,13 @@ event loop's thread.
 
 The native data plane (Rust, ``gateway_native``) carries the bytes on its own I/O threads, which never
 take the GIL. It queues each call's facts (an ``Arrival``) and each call's end (an ``Ending``), and
-rings a socket once an I/O thread has queued what its turn produced and goes idle; the event loop
-watches that socket and takes the
-queue in batches, decides each arrival and answers it (admit with the metadata to send upstream, or
-refuse), and reports each ending, through the call's lifecycle as every door does
-(gateway/call/lifecycle.py). One Python thread decides, as one thread did on every engine before:
+rings a socket once an I/O thread has queued the arrivals its turn produced and goes idle; the event
+loop watches that socket and takes the queue in batches, decides each arrival and answers it (admit
+with the metadata to send upstream, or refuse), and reports each ending, through the call's lifecycle
+as every door does (gateway/call/lifecycle.py). An ending does not ring: it is taken with the next
+arrivals, on the engine's tick, or before a metrics scrape (``Server.settle``), and carries how long
+ago the call ended; under load a call's end and the next call's arrival then cost one wake-up of
+this thread, not two. One Python thread decides, as one thread did on every engine before:
 the in-memory rate-limit store and users' ``def`` steps count on it. It is the loop's own thread, so
 a chain that waits (Redis, a user's ``async def`` step, a JWKS refetch) goes on as a task on the
 same thread, with no hand-over between Python threads: under CPU contention each such hand-over
@@ -58,11 +60,11 @@ class Decider:
         self.stopped: asyncio.Future[None] = self._loop.create_future()
 
     def start(self) -> None:
-        self._loop.add_reader(self._server.fileno(), self._take)
+        self._loop.add_reader(self._server.fileno(), self.take)
 
-    def _take(self) -> None:
+    def take(self) -> None:
         """One batch of what is queued (the queue rings again while more waits, so other callbacks
-        of the loop run between batches of a flood)."""
+        of the loop run between batches of a flood). On the loop's thread."""
         batch = self._server.take_batch()
         if batch is None:
             self._loop.remove_reader(self._server.fileno())
@@ -107,7 +109,7 @@ class Decider:
             chain, facts = cast(Token, token)
         facts.received = ending.received
         facts.sent = ending.sent
-        end(chain, facts, _CODES.get(ending.code, grpc.StatusCode.UNKNOWN))
+        end(chain, facts, _CODES.get(ending.code, grpc.StatusCode.UNKNOWN), ending.ago)
 
 
 def _answer(arrival: Arrival, chain: MethodChain, facts: Call, verdict: Verdict) -> None:

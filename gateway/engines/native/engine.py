@@ -36,6 +36,8 @@ IDLE_SECONDS = 300.0
 HEADER_SECONDS = 10.0
 # Streams one client connection may have open at once.
 MAX_STREAMS = 1000
+# How long a metrics scrape waits for the ends of calls the data plane has not handed over yet.
+SETTLE_SECONDS = 1.0
 
 
 def _retried(routes: Sequence[Route]) -> dict[str, Retry]:
@@ -138,8 +140,14 @@ class NativeEngine:
             self.tick()
 
     def tick(self) -> None:
-        """On the event loop, where this engine's decisions run too."""
+        """On the event loop, where this engine's decisions run too: the ends of calls that wait
+        for a wake-up (see decider.py) are observed first, then the plan's periodic jobs run."""
+        if self._decider is not None:
+            self._decider.take()
         self.plan.tick()
+
+    def settle(self) -> None:
+        self._server.settle(SETTLE_SECONDS)
 
     async def stop(self, grace: float) -> None:
         self._server.drain()
