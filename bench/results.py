@@ -31,6 +31,7 @@ README_PATHS = (
     ("nginx", "nginx, `grpc_pass` + key check + `limit_req`"),
     ("envoy", "Envoy, one worker + key route + `local_ratelimit`"),
     ("gateway", "**this gateway**, native engine: key, per-user rule, access log, metrics"),
+    ("floor", "its data plane alone: a decider in Python that admits every call (`bench/floor.py`)"),
     ("gateway-aio", "this gateway, aio engine (Python alone)"),
 )
 # Keys of the environment (see bench/run.py) shown as the machine, and their labels.
