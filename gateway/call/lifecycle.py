@@ -49,8 +49,8 @@ def begin(chain: MethodChain, facts: Call) -> None:
 class Pending:
     """A decision that waits on the event loop: ``await`` it there, once, for the verdict.
 
-    It may be made on another thread than the loop's (the native engine decides on a thread of its
-    own) and awaited on the loop; a door that drops it unawaited calls :meth:`close` instead.
+    Every door decides on the loop's thread and awaits it there; a door that drops it unawaited
+    calls :meth:`close` instead.
     """
 
     __slots__ = ("rest",)
