@@ -108,8 +108,8 @@ class Gateway:
         return _with_port(config.listen, self._engine.port), http
 
     def settle(self) -> None:
-        """Any thread: return once the calls that ended before it have reached the observers (a
-        metrics scrape counts them), waiting a moment at most."""
+        """Any thread but the event loop's: return once the calls that ended before it have
+        reached the observers (a metrics scrape counts them), waiting a moment at most."""
         self._engine.settle()
 
     def _health_monitor(self, plan: Plan) -> tuple[HealthMonitor, Upstreams]:

@@ -58,8 +58,9 @@ class Engine(Protocol):
         """Run the current plan's periodic jobs; the engine calls it every TICK_SECONDS itself."""
 
     def settle(self) -> None:
-        """Any thread: return once the calls that ended before it have reached the observers,
-        waiting a moment at most (a data plane that reports ends in batches delivers them now)."""
+        """Any thread but the event loop's: return once the calls that ended before it have
+        reached the observers, waiting a moment at most (a data plane that reports ends in batches
+        delivers them now)."""
 
     async def stop(self, grace: float) -> None:
         """Take no new calls; let in-flight ones finish within ``grace`` seconds, then cancel them."""

@@ -248,7 +248,8 @@ impl PyServer {
     }
 
     /// Waits, with the GIL released, up to `within` seconds until every event queued before the call
-    /// has been taken (by `take_batch` or `next_batch`); whether it was. Any thread may call it.
+    /// has been taken (by `take_batch` or `next_batch`); whether it was. Any thread but the consumer's
+    /// may call it: the consumer would wait on itself.
     fn settle(&self, py: Python<'_>, within: f64) -> PyResult<bool> {
         let within = seconds(within.max(0.0), "within")?;
         let queue = &self.inner.shared().queue;
