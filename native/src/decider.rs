@@ -139,12 +139,12 @@ impl Queue {
         self.ring_for_all();
     }
 
-    /// This thread is an I/O thread: from now on its events ring when it calls [`Queue::idle`].
+    /// This thread is an I/O thread: from now on its arrivals ring when it calls [`Queue::idle`].
     pub fn rings_when_idle() {
         RINGS_WHEN_IDLE.with(|rings| rings.set(true));
     }
 
-    /// The calling I/O thread goes idle: ring for what it queued.
+    /// The calling I/O thread goes idle: ring for the arrivals it queued, and the endings with them.
     pub fn idle(&self) {
         if self.unrung.load(Ordering::SeqCst) > 0 {
             self.ring_for_all();

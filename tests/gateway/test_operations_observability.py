@@ -312,13 +312,18 @@ def test_access_log_level_below_the_log_level_writes_nothing() -> None:
         logger.setLevel(logging.NOTSET)
 
 
-def test_access_log_lines_are_json_whatever_the_caller_sends(tmp_path: Path) -> None:
-    path = tmp_path / "access.log"
-    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)  # as with --log-level INFO
+def _access_log_to(path: Path) -> AccessLog:
+    """An access log writing to ``path``, built as with --log-level INFO."""
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
     try:
-        log = AccessLog(AccessLogConfig(destination=str(path)))
+        return AccessLog(AccessLogConfig(destination=str(path)))
     finally:
         logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET)
+
+
+def test_access_log_lines_are_json_whatever_the_caller_sends(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = _access_log_to(path)
     method = method_part('/a.B/"quoted"\\', None)
     log.write('id "with" \\ quotes', "ipv6:[::1]:5", "clïent", method, "OK", 0.0012345, None)
     log.close()
@@ -332,11 +337,7 @@ def test_access_log_lines_are_json_whatever_the_caller_sends(tmp_path: Path) -> 
 
 def test_access_log_trace_ids_are_lower_case_hex_of_fixed_width(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
-    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
-    try:
-        log = AccessLog(AccessLogConfig(destination=str(path)))
-    finally:
-        logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET)
+    log = _access_log_to(path)
     method = method_part("/a.B/C", None)
     log.write("traced", "ipv4:127.0.0.1:5", None, method, "OK", 0.001, None, (0xABC, 0x5))
     log.write("untraced", "ipv4:127.0.0.1:5", None, method, "OK", 0.001, None)
@@ -352,11 +353,7 @@ def test_access_log_lines_come_in_the_order_their_calls_ended(tmp_path: Path) ->
     """An end reported late (the native engine's, taken with the next arrivals) is written in its
     place, with its own time."""
     path = tmp_path / "access.log"
-    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
-    try:
-        log = AccessLog(AccessLogConfig(destination=str(path)))
-    finally:
-        logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET)
+    log = _access_log_to(path)
     method = method_part("/a.B/C", None)
     log.write("ended now", "ipv4:127.0.0.1:5", None, method, "OK", 0.001, None)
     log.write("ended 2 s ago", "ipv4:127.0.0.1:6", None, method, "OK", 0.001, None, ago=2.0)
