@@ -108,7 +108,8 @@ async def exact_runs(a: Gateway, b: Gateway, users: list[int]) -> None:
     for run, user in enumerate(users):
         with busy_cpus() if run % 2 else contextlib.nullcontext():
             codes = await burst(a, b, user)
-        assert tally(codes) == (5, 95, set()), (run, user)
+        counted = tally(codes)
+        assert counted == (5, 95, set()), f"run {run}, user {user}: passed, refused, other = {counted}"
 
 
 def slot_of_user(user: int) -> int:
