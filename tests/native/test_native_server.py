@@ -201,7 +201,11 @@ async def test_caller_deadline_shorter_than_a_slow_call(gateway: Gateway, upstre
     # The caller's deadline went upstream as grpc-timeout (the upstream's grpc rounds what it reads
     # to its own clock's ticks, so a hair over what was sent).
     assert time_remaining <= 0.51
-    assert gateway.ending().code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    # The gateway's deadline and the caller's fall on the same instant: the gateway's timer usually
+    # ends the call first, but on a loaded machine the caller's reset of the stream may come first.
+    # test_route_default_timeout has the gateway's deadline alone.
+    ended = gateway.ending().code
+    assert ended in (grpc.StatusCode.DEADLINE_EXCEEDED.value[0], grpc.StatusCode.CANCELLED.value[0])
 
 
 async def test_route_default_timeout(gateway: Gateway) -> None:
