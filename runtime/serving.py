@@ -60,6 +60,27 @@ async def wait_for_stop_signal() -> None:
     await stop.wait()
 
 
+# The name grpc.aio gives each call's task (grpc/_cython/_cygrpc/aio/server.pyx.pxi); its server keeps
+# them in a set of its own, with no public way to wait for them.
+_CALL_TASK_NAME = "rpc_task"
+
+# How long a stopped server's call tasks get to return: they have sent their status already.
+_FINISHING_SECONDS = 1.0
+
+
+async def stop(server: grpc.aio.Server, grace: float | None) -> None:
+    """``server.stop(grace)``, then let the tasks of calls that have just ended return.
+
+    grpc.aio's stop returns once grpc-core has no live call, but the Python task of a call that has
+    just sent its status may still be winding down. Cancelled then, as a loop that closes cancels
+    every task left, grpc logs an error and a traceback for a call that ended well.
+    """
+    await server.stop(grace)
+    finishing = [task for task in asyncio.all_tasks() if task.get_name() == _CALL_TASK_NAME]
+    if finishing:
+        await asyncio.wait(finishing, timeout=_FINISHING_SECONDS)
+
+
 async def serve_until_signalled(
     server: grpc.aio.Server,
     grace_seconds: float,
@@ -74,7 +95,7 @@ async def serve_until_signalled(
     log.info("shutting down", extra={"grace_seconds": grace_seconds})
     if before_stop is not None:
         await before_stop()
-    await server.stop(grace_seconds)
+    await stop(server, grace_seconds)
     log.info("stopped")
 
 

@@ -16,7 +16,7 @@ from gateway.engines.aio.switchboard import HandlerTable, Switchboard
 from gateway.engines.base import TICK_SECONDS, Retired
 from gateway.ops.own_services import OwnServices
 from gateway.plan import Plan
-from runtime.serving import listen
+from runtime.serving import listen, stop
 
 
 class AioEngine:
@@ -58,7 +58,7 @@ class AioEngine:
         """Nothing waits: each call reaches the observers as it ends, on the event loop."""
 
     async def stop(self, grace: float) -> None:
-        await self._server.stop(grace)
+        await stop(self._server, grace)
         if self._ticking is not None:
             self._ticking.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -24,7 +24,7 @@ from gateway.ops.own_services import OwnServices
 from gateway.plan import Plan
 from gateway.routing.tls import server_pems, upstream_pems
 from runtime.addresses import parse_host_port
-from runtime.serving import cannot_listen
+from runtime.serving import cannot_listen, stop
 
 if TYPE_CHECKING:  # type aliases of the module's stub only
     from gateway_native import Method, Retry, Upstream
@@ -160,5 +160,5 @@ class NativeEngine:
             self._ticking.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticking
-        await self._local.stop(0)
+        await stop(self._local, 0)
         shutil.rmtree(self._folder, ignore_errors=True)
