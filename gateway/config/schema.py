@@ -372,11 +372,13 @@ class Rule(_Strict):
         return self
 
 
-STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+cluster", "redis+sentinel")
+STORAGE_SCHEMES = (
+    "memory", "redis", "rediss", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel"
+)  # fmt: skip
 
 
 class RateLimitTls(_Strict):
-    """TLS to Redis (rediss://): the CA to trust, and the gateway's certificate if Redis asks for one."""
+    """TLS to Redis (a rediss scheme): the CA to trust, and the gateway's certificate if Redis wants one."""
 
     ca: ConfigPath | None = Field(
         default=None,
@@ -390,7 +392,8 @@ class RateLimitTls(_Strict):
     key: ConfigPath | None = Field(default=None, description="The unencrypted private key of `cert` (PEM).")
     server_name: str = Field(
         default="",
-        description="The name Redis's certificate must carry, when it is not the host in `storage`.",
+        description="The name every Redis server's certificate must carry, when it is not the host the "
+        "gateway dials (the one in `storage`, or the address a Cluster's slot map or a sentinel gives).",
     )
 
     @model_validator(mode="after")
@@ -406,9 +409,10 @@ class RateLimit(_Strict):
     storage: str = Field(
         default="memory://",
         description="Where budgets live: `memory://` (this process alone), or a Redis shared by every "
-        "gateway pointed at it: `redis://[USER[:PASSWORD]@]HOST:PORT[/DB]`, `rediss://…` (TLS), "
-        "`redis+cluster://H1:P1,H2:P2`, `redis+sentinel://H:P[,H:P]/SERVICE[/DB]`. A password in it "
-        "is shown `***` wherever the URI is printed.",
+        "gateway pointed at it: `redis://[USER[:PASSWORD]@]HOST:PORT[/DB]`, "
+        "`redis+cluster://H1:P1,H2:P2`, `redis+sentinel://H:P[,H:P]/SERVICE[/DB]`; `rediss` for "
+        "`redis` (`rediss://`, `rediss+cluster://`, `rediss+sentinel://`) reaches every server over "
+        "TLS, sentinels included. A password in it is shown `***` wherever the URI is printed.",
     )
     password_env: str | None = Field(
         default=None,
@@ -419,18 +423,19 @@ class RateLimit(_Strict):
     )
     sentinel_password: SecretStr | None = Field(
         default=None,
-        description="`redis+sentinel://` only: the sentinels' own password (their `requirepass`). Give "
+        description="Sentinel storage only: the sentinels' own password (their `requirepass`). Give "
         "this or `sentinel_password_env`.",
     )
     sentinel_password_env: str | None = Field(
         default=None,
         min_length=1,
-        description="`redis+sentinel://` only: the name of an environment variable holding the "
+        description="Sentinel storage only: the name of an environment variable holding the "
         "sentinels' password.",
     )
     tls: RateLimitTls | None = Field(
         default=None,
-        description="`rediss://` only: the CA, the gateway's client certificate and the server name. "
+        description="TLS storage only (a rediss scheme): the CA, the gateway's client certificate and "
+        "the server name. "
         "Unset: the system's CAs.",
     )
     on_storage_error: Literal["allow", "deny", "local"] = Field(
@@ -489,10 +494,16 @@ class RateLimit(_Strict):
         if self.sentinel_password is not None and self.sentinel_password_env is not None:
             raise ValueError("sentinel_password and sentinel_password_env: give one of them, not both")
         sentinel = [name for name in given if name.startswith("sentinel_")]
-        if sentinel and scheme != "redis+sentinel":
-            raise ValueError(f"{sentinel[0]}: only for a redis+sentinel:// storage, and storage is {shown!r}")
-        if self.tls is not None and scheme != "rediss":
-            raise ValueError(f"tls: only for a rediss:// storage (TLS to Redis), and storage is {shown!r}")
+        if sentinel and not scheme.endswith("+sentinel"):
+            raise ValueError(
+                f"{sentinel[0]}: only for a redis+sentinel:// or rediss+sentinel:// storage, "
+                f"and storage is {shown!r}"
+            )
+        if self.tls is not None and not scheme.startswith("rediss"):
+            raise ValueError(
+                "tls: only for a TLS storage (rediss://, rediss+cluster://, rediss+sentinel://), "
+                f"and storage is {shown!r}"
+            )
         return self
 
     @staticmethod

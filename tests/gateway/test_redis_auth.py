@@ -23,12 +23,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gateway.check import check
 from gateway.config.schema import ConfigError, RateLimit, parse_config
 from gateway.policy.ratelimit.access import access
-from gateway.policy.ratelimit.rules import RateLimitPolicy
+from gateway.policy.ratelimit.rules import RateLimitPolicy, open_storage
 from gateway.routing.table import build_routes, load_catalog
 from tests.gateway.certs import Authority, Pair, issue, make_authority
 from tests.gateway.configs import USERS
 from tests.gateway.conftest import Services
-from tests.gateway.faults_support import busy_cpus
+from tests.gateway.faults_support import busy_cpus, slot_of_user
 from tests.gateway.ops_support import value
 from tests.gateway.redis_auth_support import (
     PrintingGateway,
@@ -43,6 +43,7 @@ from tests.support.redis import (
     RedisCluster,
     RedisSentinel,
     RedisServer,
+    ServerTls,
     redis_cluster,
     redis_sentinel,
     redis_server,
@@ -125,7 +126,12 @@ def rate_limit(**fields: object) -> dict[str, object]:
             {"storage": "redis://h:1", "sentinel_password_env": "S"},
             "sentinel_password_env: only for a redis+sentinel://",
         ),
-        ({"storage": "redis://h:1", "tls": {"ca": "ca.pem"}}, "tls: only for a rediss:// storage"),
+        ({"storage": "redis://h:1", "tls": {"ca": "ca.pem"}}, "tls: only for a TLS storage (rediss://, "),
+        ({"storage": "redis+cluster://h:1", "tls": {"ca": "ca.pem"}}, "and storage is 'redis+cluster://h:1'"),
+        (
+            {"storage": "rediss+cluster://h:1", "sentinel_password_env": "S"},
+            "sentinel_password_env: only for a redis+sentinel:// or rediss+sentinel:// storage",
+        ),
         ({"storage": "memory://", "password_env": "PW"}, "password_env: only for a Redis storage"),
         ({"storage": "rediss://h:1", "tls": {"cert": "c.pem"}}, "give both cert and key"),
         ({"storage": f"redis//:{DATA_PASSWORD}@h:1"}, "'***@h:1' is not a storage URI this gateway knows"),
@@ -136,6 +142,30 @@ def test_settings_that_do_not_go_together_are_config_errors(fields: dict[str, ob
         parse_config(rate_limit(**fields), "/etc/gateway.toml")
     assert words in str(caught.value)
     assert DATA_PASSWORD not in str(caught.value)
+
+
+@pytest.mark.engine_neutral
+@pytest.mark.parametrize(
+    ("storage", "words"),
+    [
+        (
+            "rediss+cluster://h:1,h:2/2",
+            "'rediss+cluster://h:1,h:2/2': a Cluster has only database 0; remove '/2'",
+        ),
+        (
+            "rediss+sentinel://h:1",
+            "'rediss+sentinel://h:1': name the master after the sentinels, rediss+sentinel://H:P/SERVICE",
+        ),
+        (
+            "rediss://h:1,h:2",
+            "'rediss://h:1,h:2': one address for a single Redis (redis+cluster:// for several)",
+        ),
+    ],
+)
+def test_a_storage_uri_of_the_wrong_shape_is_a_config_error(storage: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        open_storage(RateLimit(storage=storage))
+    assert str(caught.value) == f"rate_limit.storage: {words}"
 
 
 @pytest.mark.engine_neutral
@@ -481,3 +511,61 @@ server_name = "redis.internal"
             assert await get_user(mismatched.address, 801) == UNAVAILABLE
             printed = assert_never_printed(mismatched, DATA_PASSWORD)
     assert "CERTIFICATE_VERIFY_FAILED" in printed
+
+
+def _tls_everywhere(folder: Path) -> tuple[ServerTls, str]:
+    """The servers' TLS files (a certificate for 127.0.0.1, where each is dialled, and a client
+    certificate for their own connections) and the gateway's [rate_limit.tls], with a client
+    certificate of its own, the servers wanting one."""
+    authority = make_authority(folder, "redis-ca")
+    server = issue(authority, folder, "redis", server=True)
+    node = issue(authority, folder, "redis-node", server=False)
+    client = issue(authority, folder, "gateway-client", server=False)
+    fields = f"""
+[rate_limit.tls]
+ca = "{authority.cert}"
+cert = "{client.cert}"
+key = "{client.key}"
+"""
+    return ServerTls(authority.cert, server.cert, server.key, node.cert, node.key), fields
+
+
+async def test_rediss_cluster_reaches_every_master_over_tls(services: Services, tmp_path: Path) -> None:
+    """The seeds, and every master the slot map names, are dialled over TLS at the TLS ports the map
+    gives, each certificate checked against the address dialled."""
+    tls, fields = _tls_everywhere(tmp_path)
+    folder = tmp_path / "cluster"
+    folder.mkdir()
+    with redis_cluster(folder, tls=tls) as started:
+        assert started.url.startswith("rediss+cluster://")
+        for master in started.masters:
+            master.command("CONFIG", "RESETSTAT")
+        config = auth_toml(services, tmp_path, started.url, fields, timeout=0.25)
+        with printing_gateway(config, tmp_path, "tls-cluster") as gateway:
+            for master in started.masters:  # a user whose budget this master holds
+                ranges = started.slots_of(master)
+                user = next(u for u in range(300, 400) if any(a <= slot_of_user(u) <= b for a, b in ranges))
+                assert await counted(gateway.address, user) == EXACT, user
+                assert _calls(master, "evalsha") > 0, master.port
+            # Each was reached at once: none had to redirect a command.
+            assert all(_errors(master) == {} for master in started.masters)
+            assert "CERTIFICATE_VERIFY_FAILED" not in gateway.printed()
+
+
+async def test_rediss_sentinel_asks_the_sentinels_and_the_master_over_tls(
+    services: Services, tmp_path: Path
+) -> None:
+    tls, fields = _tls_everywhere(tmp_path)
+    folder = tmp_path / "sentinel"
+    folder.mkdir()
+    with redis_sentinel(folder, tls=tls) as started:
+        assert started.url.startswith("rediss+sentinel://")
+        started.master.command("CONFIG", "RESETSTAT")
+        config = auth_toml(services, tmp_path, started.url, fields, timeout=0.25)
+        with printing_gateway(config, tmp_path, "tls-sentinel") as gateway:
+            assert await counted(gateway.address, 820) == EXACT
+            assert _calls(started.master, "evalsha") > 0
+        # Without TLS the same sentinel port answers nothing the gateway can use: it was TLS all along.
+        plain = auth_toml(services, tmp_path, started.url.replace("rediss+", "redis+"), name="plain.toml")
+        with printing_gateway(plain, tmp_path, "plain-sentinel") as gateway:
+            assert await get_user(gateway.address, 821) == UNAVAILABLE

@@ -1,6 +1,7 @@
 """Real redis-server processes on free loopback ports, started and stopped by the tests themselves:
 one server, a Cluster of three masters (``redis-cli --cluster create``), or a master, a replica and
-a sentinel; each, on request, protected by a password (``requirepass``; the sentinel's own apart)."""
+a sentinel; each, on request, protected by a password (``requirepass``; the sentinel's own apart) and
+reached over TLS too (a TLS port beside the plaintext one, which the tests' own commands use)."""
 
 from __future__ import annotations
 
@@ -122,6 +123,32 @@ class RedisServer:
         self.process.send_signal(signal.SIGCONT)
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """What a redis-server needs to speak TLS: its certificate, the CA that signs every certificate
+    here (clients must show one: ``tls-auth-clients``), and a client certificate for its own
+    connections to the others (a Cluster's bus, a replica to its master, a sentinel to both)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    client_cert: Path
+    client_key: Path
+
+    def options(self, tls_port: int) -> tuple[str, ...]:
+        """redis-server's command line for TLS on ``tls_port``; a sentinel's config takes the same
+        names, without the dashes."""
+        return (
+            "--tls-port", str(tls_port),
+            "--tls-cert-file", str(self.cert),
+            "--tls-key-file", str(self.key),
+            "--tls-ca-cert-file", str(self.ca),
+            "--tls-client-cert-file", str(self.client_cert),
+            "--tls-client-key-file", str(self.client_key),
+            "--tls-auth-clients", "yes",
+        )  # fmt: skip
+
+
 def _stop(servers: list[RedisServer]) -> None:
     for server in servers:
         if server.process is not None and server.process.poll() is None:
@@ -150,9 +177,13 @@ class RedisCluster:
     """Three masters, no replicas; a master that is killed keeps its slots until it is back."""
 
     masters: list[RedisServer]
+    tls_ports: list[int]  # each master's, in order; empty: no TLS
 
     @property
     def url(self) -> str:
+        """``redis+cluster://`` to the masters' ports, or ``rediss+cluster://`` to their TLS ports."""
+        if self.tls_ports:
+            return "rediss+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.tls_ports)
         return "redis+cluster://" + ",".join(f"127.0.0.1:{master.port}" for master in self.masters)
 
     def slots_of(self, master: RedisServer) -> list[tuple[int, int]]:
@@ -173,17 +204,25 @@ class RedisCluster:
 
 
 @contextmanager
-def redis_cluster(folder: Path, password: str | None = None) -> Iterator[RedisCluster]:
+def redis_cluster(
+    folder: Path, password: str | None = None, tls: ServerTls | None = None
+) -> Iterator[RedisCluster]:
     """A Cluster of three masters made with ``redis-cli --cluster create``, up until the block ends.
 
     A node that is down is noticed within a second (``cluster-node-timeout``), and the others keep
     serving their slots (``cluster-require-full-coverage no``). With ``password``: every node's
-    requirepass and masterauth.
+    requirepass and masterauth. With ``tls``: every node also on a TLS port, and the bus over TLS
+    (``tls-cluster``); a client over TLS reads the TLS ports in the slot map.
     """
     binary = _binary()
     masters = []
+    tls_ports = []
     for _ in range(3):
         port = free_port()
+        tls_options: tuple[str, ...] = ()
+        if tls is not None:
+            tls_ports.append(free_port())
+            tls_options = (*tls.options(tls_ports[-1]), "--tls-cluster", "yes")
         options = (
             "--cluster-enabled", "yes",
             "--cluster-config-file", str(folder / f"nodes-{port}.conf"),
@@ -193,6 +232,7 @@ def redis_cluster(folder: Path, password: str | None = None) -> Iterator[RedisCl
             "--cluster-require-full-coverage", "no",
             "--dir", str(folder),
             *(("--masterauth", password) if password else ()),
+            *tls_options,
         )  # fmt: skip
         masters.append(RedisServer(binary, port, options, password=password))
     try:
@@ -211,7 +251,7 @@ def redis_cluster(folder: Path, password: str | None = None) -> Iterator[RedisCl
             capture_output=True,
             timeout=30,
         )
-        cluster = RedisCluster(masters)
+        cluster = RedisCluster(masters, tls_ports)
         wait_until(cluster.healthy, 15, "cluster_state:ok on every node")
         yield cluster
     finally:
@@ -225,11 +265,15 @@ class RedisSentinel:
     master: RedisServer
     replica: RedisServer
     sentinel: RedisServer
+    sentinel_tls_port: int | None = None  # None: no TLS
 
     SERVICE = "gateway"
 
     @property
     def url(self) -> str:
+        """``redis+sentinel://`` to the sentinel's port, or ``rediss+sentinel://`` to its TLS port."""
+        if self.sentinel_tls_port is not None:
+            return f"rediss+sentinel://127.0.0.1:{self.sentinel_tls_port}/{self.SERVICE}"
         return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.SERVICE}"
 
     def named_master(self) -> int:
@@ -245,22 +289,39 @@ def redis_sentinel(
     password: str | None = None,
     sentinel_password: str | None = None,
     down_after: float = 0.5,
+    tls: ServerTls | None = None,
 ) -> Iterator[RedisSentinel]:
     """A master, a replica of it and a sentinel that fails over once the master has not answered for
     ``down_after`` seconds (about a second after a death, by default).
 
     With ``password``: the master's and the replica's requirepass and masterauth (and the
-    sentinel's auth-pass); with ``sentinel_password``: the sentinel's own requirepass.
+    sentinel's auth-pass); with ``sentinel_password``: the sentinel's own requirepass. With ``tls``:
+    each on a TLS port too, and the replica and the sentinel reach the master over TLS
+    (``tls-replication``), so the sentinel names the master's TLS port.
     """
     binary = _binary()
     auth = ("--masterauth", password) if password else ()
-    master = RedisServer(binary, free_port(), auth, password=password)
+    master_tls, replica_tls, sentinel_tls = (free_port(), free_port(), free_port()) if tls else (0, 0, 0)
+
+    def over_tls(port: int) -> tuple[str, ...]:
+        return () if tls is None else (*tls.options(port), "--tls-replication", "yes")
+
+    master = RedisServer(binary, free_port(), (*auth, *over_tls(master_tls)), password=password)
+    upstream = master_tls if tls else master.port
     replica = RedisServer(
-        binary, free_port(), ("--replicaof", "127.0.0.1", str(master.port), *auth), password=password
+        binary,
+        free_port(),
+        ("--replicaof", "127.0.0.1", str(upstream), *auth, *over_tls(replica_tls)),
+        password=password,
     )
     config = folder / "sentinel.conf"
+    # A sentinel's config file takes redis-server's options as lines.
+    tls_lines = "".join(
+        f"{name.removeprefix('--')} {value}\n"
+        for name, value in zip(over_tls(sentinel_tls)[::2], over_tls(sentinel_tls)[1::2], strict=True)
+    )
     config.write_text(
-        f"sentinel monitor {RedisSentinel.SERVICE} 127.0.0.1 {master.port} 1\n"
+        tls_lines + f"sentinel monitor {RedisSentinel.SERVICE} 127.0.0.1 {upstream} 1\n"
         f"sentinel down-after-milliseconds {RedisSentinel.SERVICE} {round(down_after * 1000)}\n"
         f"sentinel failover-timeout {RedisSentinel.SERVICE} 2000\n"
         + (f"sentinel auth-pass {RedisSentinel.SERVICE} {password}\n" if password else "")
@@ -278,6 +339,6 @@ def redis_sentinel(
             15,
             "the sentinel knowing the replica",
         )
-        yield RedisSentinel(master, replica, sentinel)
+        yield RedisSentinel(master, replica, sentinel, sentinel_tls if tls else None)
     finally:
         _stop(servers)

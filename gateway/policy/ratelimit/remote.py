@@ -61,7 +61,7 @@ class StoreUnavailable(Exception):
 
 
 class RedisStore:
-    """The Redis behind a ``redis://``, ``rediss://``, ``redis+sentinel://`` or ``redis+cluster://`` URI,
+    """The Redis behind a ``redis://``, ``redis+sentinel://`` or ``redis+cluster://`` URI (``rediss``: TLS),
     reached and logged in to as ``access`` says.
 
     Raises (on construction):
@@ -73,9 +73,9 @@ class RedisStore:
         parsed = parse_uri(uri)
         self.access = access = access if access is not None else Access()
         self.topology: Single | Cluster
-        if parsed.scheme == "redis+cluster":
+        if parsed.topology == "cluster":
             self.topology = Cluster(parsed, access)
-        elif parsed.scheme == "redis+sentinel":
+        elif parsed.topology == "sentinel":
             self.topology = Sentinel(parsed, access)
         else:
             self.topology = Single(parsed, access)

@@ -10,6 +10,9 @@ gateway's warm-up waits for them); nothing here runs per decision but ``link_for
 - ``redis+cluster://H:P[,H:P…]``: a link per master, chosen by the key's hash slot from the map
   ``CLUSTER SLOTS`` gives; the map is read again when a node is lost or redirects a command.
 
+``rediss`` in place of ``redis`` (``rediss+cluster://``, ``rediss+sentinel://``) reaches every
+server over TLS: the data servers, the nodes a slot map names and the sentinels alike.
+
 Every connection logs in first (:class:`~gateway.policy.ratelimit.connection.Login`): to the data
 servers with the URI's user and password (or ``password_env``'s), to the sentinels with their own
 (``sentinel_password``), the one-off connections that read a slot map or ask a sentinel included.
@@ -65,6 +68,20 @@ class RedisURI:
     database: int
     service: str  # Sentinel's master name; "" otherwise
 
+    @property
+    def tls(self) -> bool:
+        """Whether every server is reached over TLS (``rediss``, ``rediss+cluster``, ``rediss+sentinel``)."""
+        return self.scheme.startswith("rediss")
+
+    @property
+    def topology(self) -> str:
+        """``cluster``, ``sentinel``, or ``""`` for a single server."""
+        return _topology(self.scheme)
+
+
+def _topology(scheme: str) -> str:
+    return scheme.partition("+")[2]
+
 
 @dataclass(frozen=True)
 class Access:
@@ -74,7 +91,7 @@ class Access:
     password: str | None = field(default=None, repr=False)
     # The sentinels' own password (sentinel_password or sentinel_password_env).
     sentinel_password: str | None = field(default=None, repr=False)
-    # [rate_limit.tls] for rediss://; None there: the system's CAs and the URI's host.
+    # [rate_limit.tls] for a rediss scheme; None there: the system's CAs and each server's host.
     tls: Tls | None = None
 
 
@@ -82,15 +99,15 @@ def _data_login(uri: RedisURI, access: Access) -> Login:
     return Login(uri.username, uri.password if uri.password is not None else access.password)
 
 
-def _data_tls(uri: RedisURI, access: Access) -> Tls | None:
-    if uri.scheme != "rediss":
+def _tls(uri: RedisURI, access: Access) -> Tls | None:
+    if not uri.tls:
         return None
     return access.tls if access.tls is not None else Tls(ssl.create_default_context())
 
 
 def parse_uri(uri: str) -> RedisURI:
-    """``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``, ``rediss://…``, ``redis+cluster://H:P,H:P``,
-    ``redis+sentinel://H:P[,H:P]/SERVICE[/DB]``.
+    """``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``, ``redis+cluster://H:P,H:P``,
+    ``redis+sentinel://H:P[,H:P]/SERVICE[/DB]``, and each with ``rediss`` (TLS) for ``redis``.
 
     Raises:
         StorageURIError: naming what is wrong.
@@ -109,17 +126,18 @@ def parse_uri(uri: str) -> RedisURI:
     addresses = tuple(_address(uri, text) for text in hosts.split(","))
     path = [part for part in parts.path.split("/") if part]
     service = ""
-    if parts.scheme == "redis+sentinel":
+    topology = _topology(parts.scheme)
+    if topology == "sentinel":
         if not path:
             raise StorageURIError(
-                f"{shown_uri(uri)!r}: name the master after the sentinels, redis+sentinel://H:P/SERVICE"
+                f"{shown_uri(uri)!r}: name the master after the sentinels, {parts.scheme}://H:P/SERVICE"
             )
         service = unquote(path.pop(0))
-    if parts.scheme == "redis+cluster" and path:
+    if topology == "cluster" and path:
         raise StorageURIError(f"{shown_uri(uri)!r}: a Cluster has only database 0; remove {parts.path!r}")
     if len(path) > 1 or (path and not path[0].isdigit()):
         raise StorageURIError(f"{shown_uri(uri)!r}: {parts.path!r} is not a database number")
-    if len(addresses) > 1 and parts.scheme in ("redis", "rediss"):
+    if len(addresses) > 1 and not topology:
         raise StorageURIError(
             f"{shown_uri(uri)!r}: one address for a single Redis (redis+cluster:// for several)"
         )
@@ -185,7 +203,7 @@ class Single:
     def __init__(self, uri: RedisURI, access: Access) -> None:
         address = uri.addresses[0]
         commands, check = _handshake(uri)
-        login, tls = _data_login(uri, access), _data_tls(uri, access)
+        login, tls = _data_login(uri, access), _tls(uri, access)
         self.link = Link(_name(address), _fixed(address), commands, check, tls, login)
 
     async def start(self, deadline: float) -> bool:
@@ -220,8 +238,8 @@ class Sentinel(Single):
 
     def __init__(self, uri: RedisURI, access: Access) -> None:
         self._service = uri.service
-        # Sentinels are asked in plain TCP, logged in with their own password; the master is reached
-        # as the URI says, with the data password.
+        # Sentinels are logged in to with their own password, the master with the data password;
+        # both over TLS with a rediss scheme.
         sentinel_login = Login(
             password=access.sentinel_password,
             configured_by="rate_limit.sentinel_password or sentinel_password_env",
@@ -231,8 +249,8 @@ class Sentinel(Single):
             for address in uri.addresses
         )
         commands, check = _handshake(uri, _expect_master)
-        login, tls = _data_login(uri, access), _data_tls(uri, access)
-        self.link = Link(f"sentinel master {uri.service}", self._master, commands, check, tls, login)
+        login, self._tls = _data_login(uri, access), _tls(uri, access)
+        self.link = Link(f"sentinel master {uri.service}", self._master, commands, check, self._tls, login)
 
     async def _master(self) -> Address:
         """The address the first sentinel that answers names for the service.
@@ -246,7 +264,7 @@ class Sentinel(Single):
         question = encode(b"SENTINEL", b"get-master-addr-by-name", self._service)
         for sentinel, login in self._sentinels:
             try:
-                reply = await ask_once(sentinel, question, None, login)
+                reply = await ask_once(sentinel, question, self._tls, login)
             except Refused as error:
                 refused = refused or error
                 errors.append(str(error))
@@ -291,7 +309,7 @@ class Cluster:
     def __init__(self, uri: RedisURI, access: Access) -> None:
         self._uri = uri
         self._handshake = _handshake(uri)
-        self._login, self._tls = _data_login(uri, access), _data_tls(uri, access)
+        self._login, self._tls = _data_login(uri, access), _tls(uri, access)
         self._seeds = uri.addresses
         self._links: dict[str, Link] = {}
         self._map_error = ""  # why the slot map could not be read last time ("" : it was)
