@@ -162,6 +162,11 @@ class Gateway:
         plan.token_keys.start()  # the keys of a new issuer; those kept from the running plan go on
         await self._await_token_keys(plan, RELOAD_KEYS_WAIT)
         previous, previous_upstreams = self.plan, self._upstreams
+        # A store of the plan's own (another URI, password or TLS) is made ready before it takes
+        # calls, as at start-up; the previous one is closed once its calls have had time to end.
+        new_store = plan.policy.store is not previous.policy.store
+        if new_store:
+            await plan.policy.warm_up()
         self._engine.swap(plan)
         forwarded.trust(plan.config.trusted_proxies)
         self.readiness.token_keys = plan.token_keys
@@ -179,6 +184,8 @@ class Gateway:
         self._monitoring = asyncio.create_task(monitor.run())
         # Health checks in flight still use the old channels, as calls do the engine's.
         self._retired.close_later(plan.config.shutdown_grace + 1, previous_upstreams.close)
+        if new_store:
+            self._retired.close_later(plan.config.shutdown_grace + 1, previous.policy.store.close)
 
     async def stop(self, grace: float) -> None:
         """Turn health to NOT_SERVING, stop accepting calls, let in-flight calls finish within ``grace``."""

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import io
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -312,6 +314,52 @@ async def test_fresh_gateways_are_exact_from_their_first_call(services: Services
                 assert (passed, timed_out) == (5, [0, 0]), run
                 for gateway in (a, b):  # nothing more to read from them: no graceful stop to wait for
                     gateway.process.kill()
+
+
+def _no_gateway_clients(server: RedisServer) -> bool:
+    """Whether ``server`` has no connection but the one asking."""
+    listed = server.command("CLIENT", "LIST")
+    assert isinstance(listed, bytes)
+    return len(listed.splitlines()) == 1
+
+
+async def _reload(gateway: PrintingGateway) -> None:
+    """SIGHUP, and wait until the gateway says it reloaded."""
+    reloaded = gateway.printed().count('"config reloaded"')
+    gateway.process.send_signal(signal.SIGHUP)
+    await asyncio.to_thread(
+        wait_until, lambda: gateway.printed().count('"config reloaded"') > reloaded, 10, "the reload"
+    )
+
+
+async def test_a_reload_onto_another_redis_is_exact_at_once_and_lets_the_old_go(
+    services: Services, tmp_path: Path
+) -> None:
+    """A reload that moves the budgets to another Redis connects to it before it takes calls, as a
+    start does: the first burst after it, both cores busy, with the default 50 ms storage timeout, is
+    exact and no decision times out. The old Redis's connections are closed once the old plan's calls
+    have had time to end (shutdown_grace + 1 s)."""
+    with redis_server(password=DATA_PASSWORD) as first, redis_server(password=DATA_PASSWORD) as second:
+
+        def config_for(redis: RedisServer) -> Path:
+            path = auth_toml(services, tmp_path, redis.url, 'password_env = "PW"', on_error="allow")
+            path.write_text("shutdown_grace = 0.5\n" + path.read_text())
+            return path
+
+        with printing_gateway(
+            config_for(first), tmp_path, "moving", {"PW": DATA_PASSWORD}, "INFO"
+        ) as gateway:
+            assert await counted(gateway.address, 830) == EXACT
+            assert not _no_gateway_clients(first)
+            for run, (now, before) in enumerate([(second, first), (first, second)]):
+                config_for(now)
+                await _reload(gateway)
+                with busy_cpus(seconds=10):
+                    passed, refused, other = await counted(gateway.address, 840 + run, 100)
+                assert (passed, refused, other, failures(gateway, "timeout")) == (5, 95, set(), 0), run
+                closed = functools.partial(_no_gateway_clients, before)
+                await asyncio.to_thread(wait_until, closed, 5, "the old store's connections closed")
+        assert "Traceback" not in gateway.printed()
 
 
 async def test_a_gateway_started_before_its_redis_serves_once_redis_is_ready(

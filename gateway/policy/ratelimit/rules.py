@@ -137,6 +137,11 @@ class Store:
         if self.remote is None:
             self.memory.sweep(SWEEP_PER_TICK)
 
+    def close(self) -> None:
+        """Close the connections to a shared store (a reload that replaced it, once its calls ended)."""
+        if self.remote is not None:
+            self.remote.close()
+
     def sweep_local(self) -> None:
         """Reclaim expired local budgets, now and then: on the event loop, where they are spent."""
         now = time.monotonic()
