@@ -578,6 +578,8 @@ key = "{client.key}"
     return ServerTls(authority.cert, server.cert, server.key, node.cert, node.key), fields
 
 
+# How the store reaches Redis: no engine takes part in it.
+@pytest.mark.engine_neutral
 async def test_rediss_cluster_reaches_every_master_over_tls(services: Services, tmp_path: Path) -> None:
     """The seeds, and every master the slot map names, are dialled over TLS at the TLS ports the map
     gives, each certificate checked against the address dialled."""
@@ -600,6 +602,8 @@ async def test_rediss_cluster_reaches_every_master_over_tls(services: Services, 
             assert "CERTIFICATE_VERIFY_FAILED" not in gateway.printed()
 
 
+# How the store reaches Redis: no engine takes part in it.
+@pytest.mark.engine_neutral
 async def test_rediss_sentinel_asks_the_sentinels_and_the_master_over_tls(
     services: Services, tmp_path: Path
 ) -> None:
