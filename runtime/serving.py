@@ -53,11 +53,11 @@ def stop_signal_flag() -> threading.Event:
 
 async def wait_for_stop_signal() -> None:
     """Return when the process gets SIGTERM or SIGINT."""
-    stop = asyncio.Event()
+    signalled = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+        loop.add_signal_handler(signum, signalled.set)
+    await signalled.wait()
 
 
 # The name grpc.aio gives each call's task (grpc/_cython/_cygrpc/aio/server.pyx.pxi); its server keeps
