@@ -136,8 +136,7 @@ class ServerTls:
     client_key: Path
 
     def options(self, tls_port: int) -> tuple[str, ...]:
-        """redis-server's command line for TLS on ``tls_port``; a sentinel's config takes the same
-        names, without the dashes."""
+        """redis-server's command line for TLS on ``tls_port`` (a sentinel's too)."""
         return (
             "--tls-port", str(tls_port),
             "--tls-cert-file", str(self.cert),
@@ -315,19 +314,16 @@ def redis_sentinel(
         password=password,
     )
     config = folder / "sentinel.conf"
-    # A sentinel's config file takes redis-server's options as lines.
-    tls_lines = "".join(
-        f"{name.removeprefix('--')} {value}\n"
-        for name, value in zip(over_tls(sentinel_tls)[::2], over_tls(sentinel_tls)[1::2], strict=True)
-    )
     config.write_text(
-        tls_lines + f"sentinel monitor {RedisSentinel.SERVICE} 127.0.0.1 {upstream} 1\n"
+        f"sentinel monitor {RedisSentinel.SERVICE} 127.0.0.1 {upstream} 1\n"
         f"sentinel down-after-milliseconds {RedisSentinel.SERVICE} {round(down_after * 1000)}\n"
         f"sentinel failover-timeout {RedisSentinel.SERVICE} 2000\n"
         + (f"sentinel auth-pass {RedisSentinel.SERVICE} {password}\n" if password else "")
         + (f"requirepass {sentinel_password}\n" if sentinel_password else "")
     )
-    sentinel = RedisServer(binary, free_port(), sentinel=config, password=sentinel_password)
+    sentinel = RedisServer(
+        binary, free_port(), over_tls(sentinel_tls), sentinel=config, password=sentinel_password
+    )
     servers = [master, replica, sentinel]
     try:
         for server in servers:
